@@ -1,0 +1,255 @@
+"""The job spec a client sends and the job vor keeps, as pydantic models."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Unit = Annotated[float, Field(ge=0.0, le=1.0)]
+LABEL_PATTERN = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+WEBHOOK_EVENTS = ("job.succeeded", "job.failed", "job.canceled", "job.progress")
+
+
+class Status(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+
+    def is_terminal(self) -> bool:
+        return self in {Status.succeeded, Status.failed, Status.canceled}
+
+
+class Stage(StrEnum):
+    compress = "compress"
+    segment = "segment"
+    mask_convert = "mask_convert"
+    merge = "merge"
+    erase = "erase"
+    publish = "publish"
+
+
+class ClassPrompt(BaseModel):
+    """One class of objects to find: by text, boxes or points, on one frame."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = Field(examples=["person"])
+    text: str | None = Field(default=None, examples=["person"])
+    remove_prompt: str | None = None
+    boxes: list[tuple[Unit, Unit, Unit, Unit]] = Field(
+        default_factory=list, description="[x, y, w, h], top-left corner, normalised 0..1"
+    )
+    points: list[tuple[Unit, Unit]] = Field(default_factory=list, description="[x, y], 0..1")
+    point_labels: list[Literal[0, 1]] = Field(
+        default_factory=list, description="1 = on the object, 0 = not on it; one per point"
+    )
+    frame_index: int = Field(default=0, ge=0, description="the annotation frame")
+
+    @field_validator("label")
+    @classmethod
+    def _label_is_a_name(cls, value: str) -> str:
+        if not LABEL_PATTERN.match(value):
+            raise ValueError("label must be 1-64 letters, digits, '_' or '-'")
+        return value
+
+    @field_validator("boxes")
+    @classmethod
+    def _boxes_inside_frame(
+        cls, boxes: list[tuple[float, float, float, float]]
+    ) -> list[tuple[float, float, float, float]]:
+        for x, y, w, h in boxes:
+            if w <= 0 or h <= 0:
+                raise ValueError("a box needs a positive width and height")
+            if x + w > 1.0 + 1e-6 or y + h > 1.0 + 1e-6:
+                raise ValueError("a box [x, y, w, h] must lie inside the frame (x+w <= 1, y+h <= 1)")
+        return boxes
+
+    @model_validator(mode="after")
+    def _points_have_labels(self) -> ClassPrompt:
+        if self.point_labels and len(self.point_labels) != len(self.points):
+            raise ValueError("point_labels needs one label per point")
+        if self.points and not self.point_labels:
+            self.point_labels = [1] * len(self.points)
+        if self.points and 1 not in self.point_labels and not self.boxes:
+            raise ValueError("points need at least one positive (label 1) point")
+        if not (self.text or self.boxes or self.points):
+            raise ValueError("a class needs a text, boxes or points")
+        return self
+
+    @property
+    def has_geometry(self) -> bool:
+        return bool(self.boxes or self.points)
+
+
+class JobOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mask_dilation: int | None = Field(
+        default=None, ge=0, le=64, description="pixels grown around the mask; default 4"
+    )
+    cutout: list[int] | None = Field(
+        default=None, description="segment jobs: object ids to publish cut out on black/alpha"
+    )
+
+
+class JobSpec(BaseModel):
+    """What a client asks for. Checked in full before anything is queued."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "mode": "remove",
+                    "engine": "local",
+                    "classes": [
+                        {"label": "person", "boxes": [[0.15, 0.70, 0.30, 0.25]], "frame_index": 0}
+                    ],
+                    "options": {"mask_dilation": 4},
+                    "webhook_url": "https://example.com/hooks/vor",
+                    "webhook_events": ["job.succeeded", "job.failed"],
+                }
+            ]
+        },
+    )
+
+    mode: Literal["remove", "segment"] = "remove"
+    engine: Literal["local", "svor"] | None = None
+    classes: list[ClassPrompt] = Field(default_factory=list, max_length=16)
+    targets: dict[str, list[Annotated[int, Field(ge=1, le=255)]]] | None = None
+    from_job: str | None = None
+    options: JobOptions = Field(default_factory=JobOptions)
+    webhook_url: str | None = Field(default=None, max_length=2048)
+    webhook_events: list[str] = Field(
+        default_factory=lambda: ["job.succeeded", "job.failed", "job.canceled"]
+    )
+    video_url: str | None = Field(default=None, max_length=2048)
+
+    @field_validator("webhook_url", "video_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("webhook_events")
+    @classmethod
+    def _known_events(cls, events: list[str]) -> list[str]:
+        unknown = sorted(set(events) - set(WEBHOOK_EVENTS))
+        if unknown:
+            raise ValueError(f"unknown events {unknown}; known: {list(WEBHOOK_EVENTS)}")
+        return events
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobSpec:
+        labels = [c.label for c in self.classes]
+        if len(set(labels)) != len(labels):
+            raise ValueError("class labels must be unique")
+        if self.targets:
+            unknown = sorted(set(self.targets) - set(labels)) if self.classes else []
+            if unknown:
+                raise ValueError(f"targets name unknown classes {unknown}; classes are {labels}")
+        if self.mode == "segment" and self.from_job:
+            raise ValueError("from_job only makes sense for a remove job")
+        if self.mode == "segment" and not self.classes:
+            raise ValueError("a segment job needs at least one class")
+        if self.mode == "remove" and not self.from_job:
+            for c in self.classes:
+                if not c.has_geometry and not (self.targets and self.targets.get(c.label)):
+                    raise ValueError(
+                        f"class {c.label!r} has only a text prompt: name the ids to remove in "
+                        f"targets (run a segment job first to see them)"
+                    )
+        return self
+
+
+class InputInfo(BaseModel):
+    duration_s: float
+    width: int
+    height: int
+    fps: float
+    frames: int
+    audio: bool
+    codec: str | None = None
+    rotation: int = 0
+    size_bytes: int | None = None
+
+
+class SegmentObject(BaseModel):
+    id: int
+    box: tuple[float, float, float, float] = Field(description="[x, y, w, h] normalised")
+
+
+class SegmentInfo(BaseModel):
+    suggestion: str = ""
+    objects: list[SegmentObject] = Field(default_factory=list)
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    stage: str | None = None
+
+
+class WebhookAttempt(BaseModel):
+    event: str
+    webhook_id: str
+    attempt: int
+    at: datetime
+    status_code: int | None = None
+    error: str | None = None
+    ok: bool = False
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Job(BaseModel):
+    """A job as the job store keeps it; ``public()`` is what a client sees."""
+
+    id: str
+    tenant: str
+    mode: Literal["remove", "segment"]
+    engine: Literal["local", "svor"]
+    status: Status = Status.queued
+    stage: Stage | None = None
+    progress: float = 0.0
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    spec: JobSpec
+    input: InputInfo | None = None
+    segments: dict[str, SegmentInfo] = Field(default_factory=dict)
+    artifacts: dict[str, str] = Field(
+        default_factory=dict, description="storage keys: input, work, masks, result, ..."
+    )
+    error: JobError | None = None
+    attempts: int = 0
+    webhooks: list[WebhookAttempt] = Field(default_factory=list)
+    idempotency_key: str | None = None
+
+    def public(self, result: dict[str, str] | None = None) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "mode": self.mode,
+            "engine": self.engine,
+            "status": self.status.value,
+            "stage": self.stage.value if self.stage else None,
+            "progress": round(self.progress, 4),
+            "created_at": self.created_at.isoformat(),
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "input": self.input.model_dump() if self.input else None,
+            "segments": {k: v.model_dump() for k, v in self.segments.items()},
+            "result": result or {},
+            "error": self.error.model_dump() if self.error else None,
+            "webhooks": [w.model_dump(mode="json") for w in self.webhooks],
+        }

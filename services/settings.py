@@ -1,0 +1,94 @@
+"""All of vor's configuration, read once from the environment.
+
+Nothing else in the project reads ``os.environ``: ask ``get_settings()``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SVOR_BASE_URL = "https://mipixgen-pre.ai.mioffice.cn"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VOR_", extra="ignore")
+
+    data_dir: Path = Path(".vor")
+    redis_url: str | None = None
+    storage_url: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    url_expiry_s: int = 7 * 24 * 3600
+
+    engine: str = "local"
+    svor_base_url: str = DEFAULT_SVOR_BASE_URL
+    svor_api_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("SVOR_API_KEY", "VOR_SVOR_API_KEY")
+    )
+    svor_poll_deadline_s: float = 600.0
+    svor_max_retries: int = 5
+    svor_timeout_s: float = 60.0
+    svor_max_upload_bytes: int = 1000 * 1024
+    svor_max_duration_s: float = 3.0
+
+    api_keys: str | None = None
+    webhook_secret: str | None = None
+    allowed_url_networks: str | None = None
+    public_url: str = "http://127.0.0.1:8000"
+    signing_key: str | None = None
+
+    max_upload_bytes: int = 500 * 1024 * 1024
+    max_duration_s: float = 120.0
+    max_width: int = 3840
+    max_height: int = 2160
+    max_frames: int = 10_000
+    default_mask_dilation: int = 4
+
+    webhook_max_attempts: int = 6
+    webhook_timeout_s: float = 15.0
+    stage_max_retries: int = 5
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, value: str) -> str:
+        if value not in {"local", "svor"}:
+            raise ValueError("VOR_ENGINE must be 'local' or 'svor'")
+        return value
+
+    @property
+    def storage(self) -> str:
+        return self.storage_url or f"file://{(self.data_dir / 'storage').resolve()}"
+
+    @property
+    def work_dir(self) -> Path:
+        return (self.data_dir / "work").resolve()
+
+    def tenants_by_key(self) -> dict[str, str]:
+        """``VOR_API_KEYS`` as ``{key: tenant}``; empty means auth is off."""
+        pairs: dict[str, str] = {}
+        for item in (self.api_keys or "").split(","):
+            item = item.strip()
+            if not item:
+                continue
+            tenant, sep, key = item.partition(":")
+            if not sep or not tenant or not key:
+                raise ValueError(f"VOR_API_KEYS entry {item!r} is not 'tenant:key'")
+            pairs[key] = tenant
+        return pairs
+
+    def allowed_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [
+            ipaddress.ip_network(cidr.strip(), strict=False)
+            for cidr in (self.allowed_url_networks or "").split(",")
+            if cidr.strip()
+        ]
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
