@@ -37,6 +37,12 @@ class InputTooLarge(VorError):
     code = "input_too_large"
 
 
+class PayloadTooLarge(VorError):
+    """The upload itself is over the configured byte limit (HTTP 413)."""
+
+    code = "payload_too_large"
+
+
 class NotFound(VorError):
     code = "not_found"
 

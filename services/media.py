@@ -21,8 +21,22 @@ from services.errors import InputTooLarge, InvalidInput
 from services.models import InputInfo
 
 ALLOWED_FORMATS = frozenset(
-    {"mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "mpegts", "mpeg",
-     "flv", "ogg", "gif"}
+    {
+        "mov",
+        "mp4",
+        "m4a",
+        "3gp",
+        "3g2",
+        "mj2",
+        "matroska",
+        "webm",
+        "avi",
+        "mpegts",
+        "mpeg",
+        "flv",
+        "ogg",
+        "gif",
+    }
 )
 
 
@@ -34,8 +48,17 @@ def ffmpeg_exe() -> str:
 
 def run_ffmpeg(args: list[str]) -> None:
     """Run the bundled ffmpeg on local files only; raise with its last words on failure."""
-    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-           "-protocol_whitelist", "file,pipe", *args]
+    cmd = [
+        ffmpeg_exe(),
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-nostdin",
+        "-y",
+        "-protocol_whitelist",
+        "file,pipe",
+        *args,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"ffmpeg failed: {proc.stderr.strip()[-800:]}")
@@ -46,9 +69,11 @@ def open_input(path: Path | str) -> Any:
     try:
         container = av.open(str(path), mode="r", options={"protocol_whitelist": "file"})
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:
-        raise InvalidInput(f"the file is not a readable video ({_reason(exc)})", field="video") from exc
+        raise InvalidInput(
+            f"the file is not a readable video ({_reason(exc)})", field="video"
+        ) from exc
     names = set(container.format.name.split(","))
-    if not names & ALLOWED_FORMATS and not names & {"matroska,webm"}:
+    if not names & ALLOWED_FORMATS:
         container.close()
         raise InvalidInput(
             f"container format {container.format.name!r} is not accepted; send MP4, MOV, MKV, "
@@ -112,9 +137,7 @@ def probe(
                 continue
             frames += 1
             if max_frames and frames > max_frames:
-                raise InputTooLarge(
-                    f"the video has more than {max_frames} frames", field="video"
-                )
+                raise InputTooLarge(f"the video has more than {max_frames} frames", field="video")
             if not first_decoded:
                 first_decoded = bool(packet.decode())
         if not first_decoded:

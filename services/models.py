@@ -67,7 +67,9 @@ class ClassPrompt(BaseModel):
             if w <= 0 or h <= 0:
                 raise ValueError("a box needs a positive width and height")
             if x + w > 1.0 + 1e-6 or y + h > 1.0 + 1e-6:
-                raise ValueError("a box [x, y, w, h] must lie inside the frame (x+w <= 1, y+h <= 1)")
+                raise ValueError(
+                    "a box [x, y, w, h] must lie inside the frame (x+w <= 1, y+h <= 1)"
+                )
         return boxes
 
     @model_validator(mode="after")
@@ -233,6 +235,10 @@ class Job(BaseModel):
     )
     error: JobError | None = None
     attempts: int = 0
+    timings: dict[str, float] = Field(
+        default_factory=dict,
+        description="seconds spent in each stage (the slowest class for segment)",
+    )
     webhooks: list[WebhookAttempt] = Field(default_factory=list)
     idempotency_key: str | None = None
 
@@ -251,5 +257,6 @@ class Job(BaseModel):
             "segments": {k: v.model_dump() for k, v in self.segments.items()},
             "result": result or {},
             "error": self.error.model_dump() if self.error else None,
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "webhooks": [w.model_dump(mode="json") for w in self.webhooks],
         }

@@ -49,7 +49,12 @@ class Settings(BaseSettings):
     max_frames: int = 10_000
     default_mask_dilation: int = 4
 
+    visibility_timeout_s: int = 3 * 3600
+    stage_time_limit_s: int = 3600
+    io_concurrency: int = 16
+
     webhook_max_attempts: int = 6
+    webhook_backoff_base_s: float = 5.0
     webhook_timeout_s: float = 15.0
     stage_max_retries: int = 5
 

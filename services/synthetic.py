@@ -55,8 +55,9 @@ def textured_background(width: int, height: int, seed: int = 7) -> np.ndarray:
     for _ in range(max(3, width * height // 4000)):
         x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
         colour = tuple(int(c) for c in rng.integers(0, 255, 3))
-        cv2.rectangle(image, (x, y), (x + int(rng.integers(3, 15)), y + int(rng.integers(3, 15))),
-                      colour, -1)
+        cv2.rectangle(
+            image, (x, y), (x + int(rng.integers(3, 15)), y + int(rng.integers(3, 15))), colour, -1
+        )
     return image
 
 
@@ -90,8 +91,13 @@ def make_clip(
             if k % 2:
                 x = width - x
             cv2.circle(image, (x, lane), radius, colours[k % len(colours)], -1)
-            cv2.circle(image, (x - radius // 3, lane - radius // 3), max(1, radius // 3),
-                       (250, 250, 250), -1)
+            cv2.circle(
+                image,
+                (x - radius // 3, lane - radius // 3),
+                max(1, radius // 3),
+                (250, 250, 250),
+                -1,
+            )
             cv2.circle(mask, (x, lane), radius, k + 1, -1)
         masks.append(mask)
         if writer:

@@ -1,0 +1,64 @@
+"""Dependencies of the routes, as ``Annotated`` aliases."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, Path
+
+from services.errors import NotFound, Unauthorized
+from services.models import Job
+from services.runtime import get_storage, get_store, resolved_settings
+from services.settings import Settings
+from services.store import JobStore
+
+DEFAULT_TENANT = "default"
+
+
+def _settings() -> Settings:
+    return resolved_settings()
+
+
+def _store() -> JobStore:
+    return get_store()
+
+
+def _storage() -> Any:
+    return get_storage()
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+JobStoreDep = Annotated[JobStore, Depends(_store)]
+StorageDep = Annotated[Any, Depends(_storage)]
+
+
+def _tenant(
+    settings: SettingsDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> str:
+    keys = settings.tenants_by_key()
+    if not keys:
+        return DEFAULT_TENANT
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("send 'Authorization: Bearer <api key>'", field="Authorization")
+    for key, tenant in keys.items():
+        if hmac.compare_digest(key.encode(), token.strip().encode()):
+            return tenant
+    raise Unauthorized("the API key is not valid", field="Authorization")
+
+
+TenantDep = Annotated[str, Depends(_tenant)]
+
+
+def _current_job(
+    job_id: Annotated[str, Path(alias="id", max_length=64)], tenant: TenantDep, store: JobStoreDep
+) -> Job:
+    try:
+        return store.get_for(tenant, job_id)
+    except NotFound:
+        raise NotFound(f"job {job_id} does not exist", field="id") from None
+
+
+CurrentJob = Annotated[Job, Depends(_current_job)]

@@ -1,0 +1,220 @@
+"""/v1/jobs: submit, read, list, cancel and delete jobs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from api.deps import CurrentJob, JobStoreDep, SettingsDep, StorageDep, TenantDep
+from api.errors import validation_response
+from services.errors import Conflict, InvalidInput, InvalidSpec, PayloadTooLarge
+from services.models import Job, JobSpec, Status
+from services.pipeline import cleanup_job_files, result_urls
+from services.settings import Settings
+from services.submission import Submission, submit
+from workers.canvas import enqueue
+from workers.celery_app import IO_QUEUE
+from workers.tasks import enqueue_webhook, send_webhook
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+SUBMIT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["video", "spec"],
+                    "properties": {
+                        "video": {"type": "string", "format": "binary"},
+                        "spec": {"type": "string", "description": "the job spec as JSON"},
+                        "mask": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "optional: a mask video (same frame count) or image",
+                        },
+                    },
+                },
+                "encoding": {"spec": {"contentType": "application/json"}},
+            },
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/JobSpec"},
+                "example": {
+                    "mode": "remove",
+                    "video_url": "https://example.com/clip.mp4",
+                    "classes": [{"label": "car", "boxes": [[0.1, 0.5, 0.3, 0.3]]}],
+                },
+            },
+        },
+    }
+}
+
+
+def render(job: Job, storage: Any, settings: Settings) -> dict[str, Any]:
+    return job.public(result_urls(job, storage, settings.url_expiry_s))
+
+
+def _parse_spec(raw: str | None) -> JobSpec:
+    if raw is None:
+        raise InvalidSpec("the multipart form needs a 'spec' field with the job spec", field="spec")
+    try:
+        return JobSpec.model_validate(json.loads(raw))
+    except json.JSONDecodeError as exc:
+        raise InvalidSpec(
+            f"spec is not JSON: {exc.msg} at position {exc.pos}", field="spec"
+        ) from exc
+
+
+def _save_upload(upload: UploadFile, folder: Path, name: str, limit: int) -> Path:
+    path = folder / name
+    size = 0
+    with path.open("wb") as out:
+        while chunk := upload.file.read(1 << 20):
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(
+                    f"the {name} upload is over the limit of {limit} bytes", field=name
+                )
+            out.write(chunk)
+    return path
+
+
+@router.post("", status_code=202, openapi_extra=SUBMIT_BODY, response_model=None)
+async def create_job(
+    request: Request,
+    tenant: TenantDep,
+    store: JobStoreDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> JSONResponse:
+    """Submit a job: multipart (video, spec, optional mask) or JSON with video_url."""
+    content_type = request.headers.get("content-type", "")
+    folder = Path(tempfile.mkdtemp(prefix="upload-", dir=_upload_dir(settings)))
+    try:
+        if content_type.startswith("multipart/form-data"):
+            form = await request.form(max_files=2, max_fields=8)
+            spec_field = form.get("spec")
+            try:
+                spec = _parse_spec(spec_field if isinstance(spec_field, str) else None)
+            except ValidationError as exc:
+                return validation_response(exc, "spec")
+            video, mask = form.get("video"), form.get("mask")
+            if video is not None and not isinstance(video, UploadFile):
+                raise InvalidInput("'video' must be a file part", field="video")
+            if mask is not None and not isinstance(mask, UploadFile):
+                raise InvalidInput("'mask' must be a file part", field="mask")
+            submission = Submission(
+                tenant=tenant,
+                spec=spec,
+                video=await run_in_threadpool(
+                    _save_upload, video, folder, "video", settings.max_upload_bytes
+                )
+                if video
+                else None,
+                video_name=video.filename if video else None,
+                mask=await run_in_threadpool(
+                    _save_upload, mask, folder, "mask", settings.max_upload_bytes
+                )
+                if mask
+                else None,
+                mask_name=mask.filename if mask else None,
+                idempotency_key=idempotency_key,
+            )
+        elif content_type.startswith("application/json"):
+            try:
+                body = await request.json()
+            except ValueError:
+                raise InvalidSpec("the body is not JSON", field="body") from None
+            try:
+                spec = JobSpec.model_validate(body)
+            except ValidationError as exc:
+                return validation_response(exc, "spec")
+            submission = Submission(tenant=tenant, spec=spec, idempotency_key=idempotency_key)
+        else:
+            raise InvalidInput(
+                "send multipart/form-data (video + spec) or application/json (with video_url)",
+                field="content-type",
+            )
+        job, created = await run_in_threadpool(
+            submit, submission, store=store, storage=storage, settings=settings, enqueue=enqueue
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    headers = {"Location": f"/v1/jobs/{job.id}"}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(render(job, storage, settings), status_code=202, headers=headers)
+
+
+def _upload_dir(settings: Settings) -> Path:
+    path = settings.data_dir.resolve() / "uploads"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@router.get("/{id}")
+def get_job(job: CurrentJob, storage: StorageDep, settings: SettingsDep) -> dict[str, Any]:
+    """One job: status, stage, progress, result URLs or error."""
+    return render(job, storage, settings)
+
+
+@router.get("")
+def list_jobs(
+    tenant: TenantDep,
+    store: JobStoreDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    status: Status | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> dict[str, Any]:
+    """The tenant's jobs, newest first; pass ``next_cursor`` back as ``cursor`` for more."""
+    jobs, next_cursor = store.list(tenant, status=status, limit=limit, cursor=cursor)
+    return {"jobs": [render(j, storage, settings) for j in jobs], "next_cursor": next_cursor}
+
+
+@router.post("/{id}/cancel")
+def cancel_job(
+    job: CurrentJob, store: JobStoreDep, storage: StorageDep, settings: SettingsDep
+) -> dict[str, Any]:
+    """Stop a queued or running job; its running stage stops at its next progress check."""
+    if job.status.is_terminal():
+        raise Conflict(f"job {job.id} already {job.status.value}", field="id")
+    job = store.finish(job.id, Status.canceled)
+    if job.status is Status.canceled:
+        cleanup_job_files(settings, job.id)
+        enqueue_webhook(job.id, "job.canceled")
+    return render(job, storage, settings)
+
+
+@router.delete("/{id}", status_code=204)
+def delete_job(job: CurrentJob, store: JobStoreDep, storage: StorageDep) -> Response:
+    """Delete a job and every file it stored (a running job is canceled first)."""
+    if not job.status.is_terminal():
+        store.finish(job.id, Status.canceled)
+    storage.delete_prefix(f"jobs/{job.id}/")
+    store.delete(job)
+    return Response(status_code=204)
+
+
+@router.post("/{id}/webhooks/redeliver", status_code=202)
+def redeliver_webhook(job: CurrentJob) -> dict[str, Any]:
+    """Send the job's terminal webhook again (after the receiver was down)."""
+    if not job.status.is_terminal():
+        raise Conflict(f"job {job.id} is {job.status.value}; nothing to redeliver yet", field="id")
+    if not job.spec.webhook_url:
+        raise Conflict(f"job {job.id} has no webhook_url", field="webhook_url")
+    event = f"job.{job.status.value}"
+    send_webhook.apply_async((job.id, event), queue=IO_QUEUE)
+    return {"job_id": job.id, "event": event, "queued": True}

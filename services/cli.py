@@ -1,0 +1,399 @@
+"""The ``vor`` command line: serve, api, worker, remove, demo, svor-server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from services import media
+from services.client import ApiError, ProgressBar, VorClient
+from services.embedded import EmbeddedService
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vor", description="Video object removal service")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="API, workers and (if needed) Redis in one command")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=max(1, (os.cpu_count() or 2) - 1),
+        help="CPU worker processes",
+    )
+    serve.add_argument("--data-dir", type=Path, default=None)
+
+    api = commands.add_parser("api", help="the REST API alone")
+    api.add_argument("--host", default="0.0.0.0")
+    api.add_argument("--port", type=int, default=8000)
+
+    worker = commands.add_parser("worker", help="a Celery worker")
+    worker.add_argument("--queues", default="cpu,io", help="comma-separated: cpu, io")
+    worker.add_argument("--concurrency", type=int, default=None)
+    worker.add_argument("--pool", choices=["prefork", "threads", "solo"], default="prefork")
+    worker.add_argument("--loglevel", default="INFO")
+
+    remove = commands.add_parser("remove", help="remove (or --segment) objects in a video")
+    remove.add_argument("input", nargs="?", type=Path, help="the video")
+    remove.add_argument("--video", type=Path, help="the video (same as the positional)")
+    remove.add_argument(
+        "--classes",
+        action="append",
+        default=[],
+        help="label[:text[:remove prompt]]; repeat for more classes",
+    )
+    remove.add_argument("--targets", action="append", default=[], help="label:1,2")
+    remove.add_argument(
+        "--boxes",
+        action="append",
+        default=[],
+        help="label:x,y,w,h (0..1, or pixels); repeat for more boxes",
+    )
+    remove.add_argument(
+        "--points",
+        action="append",
+        default=[],
+        help="label:x,y[:1|0] (1 = on the object, 0 = not); repeat",
+    )
+    remove.add_argument("--frame", type=int, default=0, help="annotation frame index")
+    remove.add_argument(
+        "--segment", action="store_true", help="segment only: print the objects, write the preview"
+    )
+    remove.add_argument(
+        "--skip-segment",
+        nargs="?",
+        const="last",
+        default=None,
+        metavar="JOB",
+        help="reuse a finished segment job (default: the last --segment run)",
+    )
+    remove.add_argument("--mask", type=Path, help="remove this mask (video or image) instead")
+    remove.add_argument("--engine", choices=["local", "svor"], default=None)
+    remove.add_argument("--dilation", type=int, default=None, help="mask dilation in pixels")
+    remove.add_argument("-o", "--output", type=Path, help="where to write the result")
+    remove.add_argument("--server", help="URL of a running vor service")
+    remove.add_argument("--api-key", default=os.environ.get("VOR_API_KEY"))
+
+    demo = commands.add_parser("demo", help="the main job end to end on a clip vor makes")
+    demo.add_argument("--out", type=Path, default=Path("vor-demo"))
+    demo.add_argument("--engine", choices=["local", "svor"], default="local")
+
+    svor = commands.add_parser("svor-server", help="an SVOR-compatible server on the local engine")
+    svor.add_argument("--host", default="127.0.0.1")
+    svor.add_argument("--port", type=int, default=8090)
+    svor.add_argument("--api-key", default=None, help="require this Bearer key")
+    from services import svor_server
+
+    svor_server.add_arguments(svor)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    handler = COMMANDS[args.command]
+    try:
+        return int(handler(args) or 0)
+    except (ApiError, UsageError) as exc:
+        print(f"vor: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+class UsageError(RuntimeError):
+    pass
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run("api.app:app", host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from workers.celery_app import app
+
+    queues = args.queues
+    argv = [
+        "worker",
+        "--queues",
+        queues,
+        "--pool",
+        args.pool,
+        "--loglevel",
+        args.loglevel,
+        "--hostname",
+        f"{queues.replace(',', '-')}-{os.getpid()}@%h",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if args.concurrency:
+        argv += ["--concurrency", str(args.concurrency)]
+    app.worker_main(argv)
+    return 0
+
+
+def _data_dir(given: Path | None) -> Path:
+    from services.settings import get_settings
+
+    return (given or get_settings().data_dir).resolve()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    service = EmbeddedService(
+        _data_dir(args.data_dir),
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        quiet=False,
+    )
+    stopping = False
+
+    def stop(signum: int, _: Any) -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        service.start()
+        _print_secret(service)
+        print(
+            f"vor is serving at {service.url} (docs: {service.url}/docs); Ctrl-C stops it",
+            flush=True,
+        )
+        while all(p.poll() is None for p in service.children):
+            time.sleep(0.5)
+        print("a vor process exited; stopping the rest", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        service.stop()
+
+
+def _print_secret(service: EmbeddedService) -> None:
+    if os.environ.get("VOR_WEBHOOK_SECRET"):
+        return
+    import redis
+
+    from services.store import JobStore
+    from services.webhooks import generate_secret
+
+    store = JobStore(redis.Redis.from_url(service.env["VOR_REDIS_URL"]))
+    secret = store.shared_secret("webhook", generate_secret)
+    print(f"VOR_WEBHOOK_SECRET is not set; webhooks are signed with {secret}", flush=True)
+
+
+def _pair(text: str, flag: str) -> tuple[str, str]:
+    label, sep, rest = text.partition(":")
+    if not sep or not label or not rest:
+        raise UsageError(f"{flag} {text!r}: expected label:values")
+    return label, rest
+
+
+def _floats(text: str, count: int, flag: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise UsageError(f"{flag}: {text!r} is not {count} comma-separated numbers") from None
+    if len(values) != count:
+        raise UsageError(f"{flag}: expected {count} numbers, got {len(values)}")
+    return values
+
+
+def spec_from_args(args: argparse.Namespace, size: tuple[int, int] | None) -> dict[str, Any]:
+    """Turn the reference CLI's flags into a job spec (pixel coordinates are normalised)."""
+    classes: dict[str, dict[str, Any]] = {}
+
+    def cls(label: str) -> dict[str, Any]:
+        return classes.setdefault(label, {"label": label, "frame_index": args.frame})
+
+    def norm(values: list[float]) -> list[float]:
+        if all(v <= 1.0 for v in values) or size is None:
+            return values
+        width, height = size
+        return [v / (width if i % 2 == 0 else height) for i, v in enumerate(values)]
+
+    for text in args.classes:
+        label, _, rest = text.partition(":")
+        prompt_text, _, remove_prompt = rest.partition(":")
+        entry = cls(label)
+        if prompt_text:
+            entry["text"] = prompt_text
+        if remove_prompt:
+            entry["remove_prompt"] = remove_prompt
+    for text in args.boxes:
+        label, values = _pair(text, "--boxes")
+        cls(label).setdefault("boxes", []).append(norm(_floats(values, 4, "--boxes")))
+    for text in args.points:
+        label, rest = _pair(text, "--points")
+        coords, _, flag = rest.partition(":")
+        entry = cls(label)
+        entry.setdefault("points", []).append(norm(_floats(coords, 2, "--points")))
+        entry.setdefault("point_labels", []).append(0 if flag.strip() == "0" else 1)
+    targets = {}
+    for text in args.targets:
+        label, ids = _pair(text, "--targets")
+        targets[label] = [int(i) for i in ids.split(",") if i.strip()]
+    spec: dict[str, Any] = {"mode": "segment" if args.segment else "remove"}
+    if args.engine:
+        spec["engine"] = args.engine
+    if args.dilation is not None:
+        spec["options"] = {"mask_dilation": args.dilation}
+    if targets:
+        spec["targets"] = targets
+    if not args.skip_segment:
+        spec["classes"] = list(classes.values())
+    return spec
+
+
+def _state_file() -> Path:
+    return _data_dir(None) / "cli-state.json"
+
+
+def _remember_segment(video: Path, job_id: str, server: str) -> None:
+    path = _state_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = json.loads(path.read_text()) if path.exists() else {}
+    state[str(video.resolve())] = {"job": job_id, "server": server}
+    path.write_text(json.dumps(state, indent=1))
+
+
+def _last_segment(video: Path) -> str:
+    path = _state_file()
+    state = json.loads(path.read_text()) if path.exists() else {}
+    entry = state.get(str(video.resolve()))
+    if not entry:
+        raise UsageError(
+            f"no earlier `vor remove --segment` run of {video} is known: run one first, or pass "
+            "--skip-segment JOB_ID"
+        )
+    return str(entry["job"])
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    video = args.video or args.input
+    if video is None:
+        raise UsageError("give the video: vor remove VIDEO [flags]")
+    if not video.is_file():
+        raise UsageError(f"{video} is not a file")
+    info = media.probe(video)
+    spec = spec_from_args(args, (info.width, info.height))
+    if args.skip_segment:
+        spec["from_job"] = (
+            _last_segment(video) if args.skip_segment == "last" else args.skip_segment
+        )
+    if args.server:
+        return _run_remove(VorClient(args.server, api_key=args.api_key), args, video, spec)
+    if args.skip_segment and args.skip_segment == "last":
+        raise UsageError("--skip-segment without --server needs the job id: --skip-segment JOB")
+    with EmbeddedService(_data_dir(None) / "embedded") as service:
+        return _run_remove(VorClient(service.url), args, video, spec)
+
+
+def _run_remove(
+    client: VorClient, args: argparse.Namespace, video: Path, spec: dict[str, Any]
+) -> int:
+    upload = None if spec.get("from_job") else video
+    mask = args.mask
+    job = client.submit(spec, upload, mask=mask)
+    print(f"job {job['id']} accepted", file=sys.stderr)
+    job = client.wait(job["id"], on_update=ProgressBar())
+    if job["status"] != "succeeded":
+        error = job.get("error") or {}
+        print(
+            f"vor: job {job['status']}: {error.get('message')} (code {error.get('code')}, "
+            f"stage {error.get('stage')})",
+            file=sys.stderr,
+        )
+        return 1
+    if args.segment:
+        _remember_segment(video, job["id"], str(client.http.base_url))
+        for label, segment in job["segments"].items():
+            print(f"{label}: {segment.get('suggestion', '')}")
+            for obj in segment["objects"]:
+                box = ", ".join(f"{v:.3f}" for v in obj["box"])
+                print(f"  id {obj['id']}: box [{box}]")
+        preview = args.output or video.with_name(f"{video.stem}_preview.png")
+        client.download(job["result"]["preview_url"], preview)
+        print(f"preview: {preview}\nsegment job: {job['id']} (use --skip-segment {job['id']})")
+        return 0
+    out = args.output or video.with_name(f"{video.stem}_removed.mp4")
+    client.download(job["result"]["video_url"], out)
+    print(f"result: {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from services import preview, synthetic
+
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    clip = synthetic.make_clip(
+        out / "input.mp4", width=320, height=192, frames=36, fps=12, audio=True
+    )
+    print(f"demo clip: {clip.path} (a disc crosses a textured scene; 36 frames, 320x192)")
+    spec = {
+        "mode": "remove",
+        "engine": args.engine,
+        "classes": [{"label": "disc", "boxes": [clip.box(0)], "frame_index": 0}],
+    }
+    with EmbeddedService(out / "service") as service:
+        ready = time.monotonic()
+        print(f"embedded vor ready at {service.url} in {ready - started:.1f} s", file=sys.stderr)
+        client = VorClient(service.url)
+        job = client.submit(spec, clip.path)
+        job = client.wait(job["id"], on_update=ProgressBar())
+        if job["status"] != "succeeded":
+            print(f"vor: demo job failed: {job.get('error')}", file=sys.stderr)
+            return 1
+        result = client.download(job["result"]["video_url"], out / "result.mp4")
+        client.download(job["result"]["mask_url"], out / "mask.mkv")
+    picture = preview.before_after_png(
+        clip.path, result, len(clip.masks) // 2, out / "before_after.png"
+    )
+    timings = job.get("timings") or {}
+    print("stage timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
+    print(
+        f"result: {result}\nbefore/after: {picture}\n"
+        f"total {time.monotonic() - started:.1f} s (job {job['id']})"
+    )
+    return 0
+
+
+def cmd_svor_server(args: argparse.Namespace) -> int:
+    from services import svor_server
+
+    svor_server.serve(
+        args.host, args.port, faults=svor_server.faults_from_args(args), api_key=args.api_key
+    )
+    return 0
+
+
+COMMANDS = {
+    "serve": cmd_serve,
+    "api": cmd_api,
+    "worker": cmd_worker,
+    "remove": cmd_remove,
+    "demo": cmd_demo,
+    "svor-server": cmd_svor_server,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

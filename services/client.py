@@ -1,0 +1,110 @@
+"""A small client of vor's REST API, used by ``vor remove`` and ``vor demo``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+TERMINAL = {"succeeded", "failed", "canceled"}
+
+
+class ApiError(RuntimeError):
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        error = body.get("error") or {}
+        field = f" (field {error['field']})" if error.get("field") else ""
+        super().__init__(f"{status} {error.get('code', 'error')}: {error.get('message')}{field}")
+        self.status = status
+        self.body = body
+
+
+class VorClient:
+    def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 60) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
+
+    def _json(self, response: httpx.Response) -> dict[str, Any]:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"error": {"code": "http_error", "message": response.text[:300]}}
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, body)
+        return dict(body)
+
+    def submit(
+        self,
+        spec: dict[str, Any],
+        video: Path | None = None,
+        *,
+        mask: Path | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        if video is None:
+            return self._json(self.http.post("/v1/jobs", json=spec, headers=headers))
+        files: dict[str, Any] = {"video": (video.name, video.open("rb"), "video/mp4")}
+        if mask is not None:
+            files["mask"] = (mask.name, mask.open("rb"), "application/octet-stream")
+        try:
+            response = self.http.post(
+                "/v1/jobs", data={"spec": json.dumps(spec)}, files=files, headers=headers
+            )
+        finally:
+            for part in files.values():
+                part[1].close()
+        return self._json(response)
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        return self._json(self.http.get(f"/v1/jobs/{job_id}"))
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+        timeout: float = 3600,
+        poll_s: float = 0.25,
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            if on_update:
+                on_update(job)
+            if job["status"] in TERMINAL:
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout:g} s")
+            time.sleep(poll_s)
+
+    def download(self, url: str, dest: Path) -> Path:
+        with self.http.stream("GET", url) as response:
+            if response.status_code >= 400:
+                response.read()
+                self._json(response)
+            with dest.open("wb") as out:
+                for chunk in response.iter_bytes():
+                    out.write(chunk)
+        return dest
+
+
+class ProgressBar:
+    """One line on stderr: a bar, the percentage, status and stage."""
+
+    def __init__(self, stream: Any = sys.stderr, width: int = 30) -> None:
+        self.stream = stream
+        self.width = width
+
+    def __call__(self, job: dict[str, Any]) -> None:
+        filled = int(job.get("progress", 0) * self.width)
+        bar = "#" * filled + "-" * (self.width - filled)
+        where = job.get("stage") or job["status"]
+        self.stream.write(f"\r[{bar}] {job.get('progress', 0) * 100:5.1f}% {where:<13}")
+        if job["status"] in TERMINAL:
+            self.stream.write("\n")
+        self.stream.flush()

