@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from api import errors
 from api.routes import files, health, jobs
+from services.models import JobSpec
 from services.settings import get_settings
 
 log = logging.getLogger("vor.api")
@@ -24,9 +27,25 @@ def create_app() -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(files.router)
     app.include_router(health.router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     if not get_settings().tenants_by_key():
         log.warning("VOR_API_KEYS is not set: the API accepts every request as tenant 'default'")
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The generated schema, plus the job spec that the submit body refers to."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    spec = JobSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(spec.pop("$defs", {}))
+    components["JobSpec"] = spec
+    app.openapi_schema = schema
+    return schema
 
 
 app = create_app()

@@ -88,9 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--engine", choices=["local", "svor"], default="local")
 
     svor = commands.add_parser("svor-server", help="an SVOR-compatible server on the local engine")
-    svor.add_argument("--host", default="127.0.0.1")
-    svor.add_argument("--port", type=int, default=8090)
-    svor.add_argument("--api-key", default=None, help="require this Bearer key")
     from services import svor_server
 
     svor_server.add_arguments(svor)

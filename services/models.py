@@ -7,7 +7,14 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 LABEL_PATTERN = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
@@ -140,6 +147,18 @@ class JobSpec(BaseModel):
             raise ValueError("must be an http:// or https:// URL")
         return value
 
+    @field_validator("targets")
+    @classmethod
+    def _targets_name_classes(
+        cls, targets: dict[str, list[int]] | None, info: ValidationInfo
+    ) -> dict[str, list[int]] | None:
+        classes = info.data.get("classes") or []
+        labels = [c.label for c in classes]
+        unknown = sorted(set(targets or {}) - set(labels)) if labels else []
+        if unknown:
+            raise ValueError(f"targets name unknown classes {unknown}; classes are {labels}")
+        return targets
+
     @field_validator("webhook_events")
     @classmethod
     def _known_events(cls, events: list[str]) -> list[str]:
@@ -153,10 +172,6 @@ class JobSpec(BaseModel):
         labels = [c.label for c in self.classes]
         if len(set(labels)) != len(labels):
             raise ValueError("class labels must be unique")
-        if self.targets:
-            unknown = sorted(set(self.targets) - set(labels)) if self.classes else []
-            if unknown:
-                raise ValueError(f"targets name unknown classes {unknown}; classes are {labels}")
         if self.mode == "segment" and self.from_job:
             raise ValueError("from_job only makes sense for a remove job")
         if self.mode == "segment" and not self.classes:

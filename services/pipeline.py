@@ -102,6 +102,11 @@ class StageRun:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
+    def folder(self, name: str) -> Path:
+        path = self.scratch / "out" / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     def progress(self, fraction: float) -> None:
         """Report progress within this stage; raises Canceled once the job was canceled."""
         now = time.monotonic()
@@ -213,7 +218,7 @@ def compress(run: StageRun) -> None:
         run.job = run.res.store.update(job.id, lambda j: setattr(j, "input", info))
     assert run.job.input is not None
     engine = run.res.engine(job.engine)
-    work = engine.prepare(source, run.job.input, run.out("prepare"), run.progress)
+    work = engine.prepare(source, run.job.input, run.folder("prepare"), run.progress)
     run.store("work", work, run.key("work" + work.suffix))
     if "mask_upload" in job.artifacts:
         width, height, _, frames = media.video_size(work)
@@ -240,7 +245,7 @@ def segment(run: StageRun, label: str | None) -> None:
     prompt = next(c for c in job.spec.classes if c.label == label)
     work = run.fetch("work")
     engine = run.res.engine(job.engine)
-    result = engine.segment(work, prompt, run.out(f"segment-{label}"), run.progress)
+    result = engine.segment(work, prompt, run.folder(f"segment-{label}"), run.progress)
     run.store(f"segment:{label}", result.mask_path, run.key(f"segments/{label}.mkv"))
     info = SegmentInfo(
         suggestion=result.suggestion,
@@ -290,7 +295,7 @@ def erase(run: StageRun) -> None:
     erased = engine.erase(
         run.fetch("work"),
         run.fetch("mask"),
-        run.out("erase"),
+        run.folder("erase"),
         run.progress,
         dilation=_dilation(job, run.res.settings),
     )

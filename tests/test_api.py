@@ -1,0 +1,229 @@
+"""The REST API against real processes: validation, auth, tenants, idempotency, listing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.embedded import EmbeddedService
+from services.synthetic import SyntheticClip
+from tests.helpers import accepted, error_of, submit, wait
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def box_spec(clip: SyntheticClip, **extra: object) -> dict[str, object]:
+    return {"classes": [{"label": "disc", "boxes": [clip.box(0)]}], **extra}
+
+
+def test_health_and_openapi(service: EmbeddedService) -> None:
+    assert httpx.get(f"{service.url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{service.url}/readyz").json()
+    assert ready["checks"] == {"redis": "ok", "storage": "ok"}
+    spec = httpx.get(f"{service.url}/openapi.json").json()
+    post = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "application/json"} <= set(post)
+    assert "JobSpec" in spec["components"]["schemas"]
+
+
+def test_auth_required(service: EmbeddedService, clip: SyntheticClip) -> None:
+    response = submit(httpx.Client(base_url=service.url), box_spec(clip), clip.path)
+    assert response.status_code == 401
+    assert error_of(response)["code"] == "unauthorized"
+    wrong = httpx.get(f"{service.url}/v1/jobs", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+
+
+def test_submit_answers_at_once_with_location(acme: httpx.Client, clip: SyntheticClip) -> None:
+    response = submit(acme, box_spec(clip), clip.path)
+    assert response.status_code == 202
+    job = response.json()
+    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert job["status"] in {"queued", "running"}
+    assert job["input"] == {
+        "duration_s": pytest.approx(16 / 12, abs=0.01), "width": 96, "height": 64,
+        "fps": 12.0, "frames": 16, "audio": True, "codec": "h264", "rotation": 0,
+        "size_bytes": clip.path.stat().st_size,
+    }  # fmt: skip
+
+
+def test_tenant_isolation(acme: httpx.Client, globex: httpx.Client, clip: SyntheticClip) -> None:
+    job = accepted(acme, box_spec(clip), clip.path)
+    for method, path in [
+        ("GET", f"/v1/jobs/{job['id']}"),
+        ("POST", f"/v1/jobs/{job['id']}/cancel"),
+        ("DELETE", f"/v1/jobs/{job['id']}"),
+        ("POST", f"/v1/jobs/{job['id']}/webhooks/redeliver"),
+    ]:
+        response = globex.request(method, path)
+        assert response.status_code == 404, (method, path, response.text)
+    listed = globex.get("/v1/jobs").json()["jobs"]
+    assert job["id"] not in {j["id"] for j in listed}
+    reuse = submit(globex, {"mode": "remove", "from_job": job["id"]})
+    assert reuse.status_code == 422
+    assert error_of(reuse)["field"] == "from_job"
+    assert acme.get(f"/v1/jobs/{job['id']}").status_code == 200
+
+
+def test_idempotency_key_returns_the_same_job(
+    acme: httpx.Client, globex: httpx.Client, clip: SyntheticClip
+) -> None:
+    headers = {"Idempotency-Key": "batch-42-clip-7"}
+    first = submit(acme, box_spec(clip), clip.path, headers=headers)
+    again = submit(acme, box_spec(clip), clip.path, headers=headers)
+    other_tenant = submit(globex, box_spec(clip), clip.path, headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers.get("idempotent-replayed") == "true"
+    assert other_tenant.json()["id"] != first.json()["id"]
+
+
+def test_list_filters_and_pages(acme: httpx.Client, clip: SyntheticClip) -> None:
+    ids = [accepted(acme, box_spec(clip), clip.path)["id"] for _ in range(3)]
+    seen: list[str] = []
+    cursor = None
+    for _ in range(50):
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = acme.get("/v1/jobs", params=params).json()
+        assert len(page["jobs"]) <= 2
+        seen += [j["id"] for j in page["jobs"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert len(seen) == len(set(seen))
+    assert set(ids) <= set(seen)
+    assert seen.index(ids[2]) < seen.index(ids[0])
+    for job_id in ids:
+        wait(acme, job_id)
+    done = acme.get("/v1/jobs", params={"status": "succeeded", "limit": 100}).json()["jobs"]
+    assert set(ids) <= {j["id"] for j in done}
+    assert all(j["status"] == "succeeded" for j in done)
+    bad = acme.get("/v1/jobs", params={"status": "nope"})
+    assert bad.status_code == 422 and error_of(bad)["field"] == "status"
+    assert acme.get("/v1/jobs", params={"cursor": "garbage!"}).status_code == 422
+
+
+def test_cancel_then_delete(acme: httpx.Client, clip: SyntheticClip, tmp_path: Path) -> None:
+    job = accepted(acme, box_spec(clip), clip.path)
+    canceled = acme.post(f"/v1/jobs/{job['id']}/cancel")
+    if canceled.status_code == 409:
+        pytest.skip("the job finished before it could be canceled")
+    assert canceled.status_code == 200
+    assert canceled.json()["status"] == "canceled"
+    final = wait(acme, job["id"])
+    assert final["status"] == "canceled" and final["result"] == {}
+    assert acme.post(f"/v1/jobs/{job['id']}/cancel").status_code == 409
+    assert acme.delete(f"/v1/jobs/{job['id']}").status_code == 204
+    assert acme.get(f"/v1/jobs/{job['id']}").status_code == 404
+
+
+def test_delete_removes_stored_files(acme: httpx.Client, clip: SyntheticClip) -> None:
+    job = wait(acme, accepted(acme, box_spec(clip), clip.path)["id"])
+    assert job["status"] == "succeeded", job
+    url = job["result"]["video_url"]
+    assert acme.get(url).status_code == 200
+    assert acme.delete(f"/v1/jobs/{job['id']}").status_code == 204
+    assert acme.get(url).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "code"),
+    [
+        ({"classes": [{"label": "a", "boxes": [[0.5, 0.5, 0.6, 0.2]]}]}, "spec.classes[0].boxes",
+         "invalid_spec"),
+        ({"classes": [{"label": "a", "boxes": [[-0.1, 0.5, 0.2, 0.2]]}]}, "spec.classes[0].boxes[0][0]",
+         "invalid_spec"),
+        ({"classes": [{"label": "a", "boxes": [[0.1, 0.1, 0.2, 0.2]], "frame_index": 99}]},
+         "classes[0].frame_index", "invalid_spec"),
+        ({"classes": [{"label": "a", "boxes": [[0.1, 0.1, 0.2, 0.2]]}], "targets": {"b": [1]}},
+         "spec.targets", "invalid_spec"),
+        ({"classes": [{"label": "a", "text": "a person"}], "mode": "segment"},
+         "classes[0].text", "unsupported_prompt"),
+        ({"classes": [{"label": "a", "boxes": [[0.1, 0.1, 0.2, 0.2]]}],
+          "webhook_url": "ftp://example.com/x"}, "spec.webhook_url", "invalid_spec"),
+        ({"classes": [{"label": "a", "boxes": [[0.1, 0.1, 0.2, 0.2]]}],
+          "webhook_url": "http://169.254.169.254/latest"}, "webhook_url", "url_not_allowed"),
+        ({"classes": []}, "classes", "invalid_spec"),
+        ({"classes": [{"label": "a", "boxes": [[0.1, 0.1, 0.2, 0.2]]}], "surprise": 1},
+         "spec.surprise", "invalid_spec"),
+        ({"classes": [{"label": "a", "boxes": [[0.1, 0.1, 0.2, 0.2]]}], "engine": "svor"},
+         "video", "invalid_input"),
+    ],
+)  # fmt: skip
+def test_bad_spec_is_refused_with_its_field(
+    acme: httpx.Client,
+    tmp_path: Path,
+    spec: dict[str, object],
+    field: str,
+    code: str,
+    clip: SyntheticClip,
+) -> None:
+    video = clip.path
+    if spec.get("engine") == "svor":
+        from services.synthetic import make_clip
+
+        video = make_clip(tmp_path / "long.mp4", frames=48, fps=12).path
+    before = acme.get("/v1/jobs", params={"limit": 100}).json()["jobs"]
+    response = submit(acme, spec, video)
+    assert response.status_code == 422, response.text
+    error = error_of(response)
+    assert (error["field"], error["code"]) == (field, code), error
+    after = acme.get("/v1/jobs", params={"limit": 100}).json()["jobs"]
+    assert len(after) == len(before)
+
+
+def test_spec_that_is_not_json(acme: httpx.Client, clip: SyntheticClip) -> None:
+    response = acme.post(
+        "/v1/jobs", data={"spec": "{not json"}, files={"video": ("a.mp4", clip.path.read_bytes())}
+    )
+    assert response.status_code == 422
+    assert error_of(response)["field"] == "spec"
+    assert "not JSON" in error_of(response)["message"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "empty"),
+        (b"this is a text file, not a video" * 20, "not a readable video"),
+        (b"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\nhttp://127.0.0.1:1/a.ts\n", "video"),
+    ],
+)
+def test_bad_video_is_refused(
+    acme: httpx.Client, clip: SyntheticClip, content: bytes, message: str
+) -> None:
+    response = acme.post(
+        "/v1/jobs",
+        data={"spec": json.dumps(box_spec(clip))},
+        files={"video": ("clip.mp4", content, "video/mp4")},
+    )
+    assert response.status_code == 422, response.text
+    assert error_of(response)["field"] == "video"
+    assert message in error_of(response)["message"]
+
+
+def test_truncated_video_is_refused(acme: httpx.Client, clip: SyntheticClip) -> None:
+    data = clip.path.read_bytes()
+    response = acme.post(
+        "/v1/jobs",
+        data={"spec": json.dumps(box_spec(clip))},
+        files={"video": ("clip.mp4", data[: len(data) // 3], "video/mp4")},
+    )
+    assert response.status_code == 422
+    assert error_of(response)["field"] == "video"
+
+
+def test_missing_video_and_wrong_content_type(acme: httpx.Client, clip: SyntheticClip) -> None:
+    no_video = acme.post("/v1/jobs", json=box_spec(clip))
+    assert no_video.status_code == 422 and error_of(no_video)["field"] == "video"
+    text = acme.post("/v1/jobs", content=b"hello", headers={"content-type": "text/plain"})
+    assert text.status_code == 422 and error_of(text)["field"] == "content-type"
+
+
+def test_unknown_job_is_404(acme: httpx.Client) -> None:
+    response = acme.get("/v1/jobs/job_doesnotexist")
+    assert response.status_code == 404
+    assert error_of(response)["code"] == "not_found"
