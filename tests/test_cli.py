@@ -1,0 +1,145 @@
+"""The command line as a user runs it: demo, serve, remove."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import httpx
+import pytest
+
+from services import media
+from services.embedded import EmbeddedService, free_port
+from services.synthetic import SyntheticClip
+from tests.conftest import API_KEYS
+
+VOR = [sys.executable, "-m", "services.cli"]
+
+
+def clean_env(tmp_path: Path) -> dict[str, str]:
+    """A user's environment: no Redis URL, no keys; only a data directory of its own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VOR_", "SVOR_"))}
+    env["VOR_DATA_DIR"] = str(tmp_path / "data")
+    return env
+
+
+@pytest.mark.timeout(240)
+def test_demo_runs_end_to_end_on_the_embedded_default(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [*VOR, "demo", "--out", str(out)], env=clean_env(tmp_path), capture_output=True,
+        text=True, timeout=230,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "before/after:" in proc.stdout and "stage timings:" in proc.stdout
+    result = media.probe(out / "result.mp4")
+    original = media.probe(out / "input.mp4")
+    assert (result.width, result.height, result.frames) == (
+        original.width, original.height, original.frames,
+    )  # fmt: skip
+    assert result.audio
+    picture = cv2.imread(str(out / "before_after.png"))
+    assert picture is not None and picture.shape[1] > 2 * original.width - 10
+
+
+@pytest.mark.timeout(120)
+def test_serve_stops_every_child_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [*VOR, "serve", "--port", str(port), "--workers", "1", "--data-dir", str(tmp_path / "d")],
+        env=clean_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        else:
+            pytest.fail("vor serve did not become ready")
+        children = _descendants(proc.pid)
+        assert len(children) >= 4, "redis, api and two workers"
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, output
+        assert "webhooks are signed with whsec_" in output
+        time.sleep(0.5)
+        alive = [pid for pid in children if _alive(pid)]
+        assert not alive, f"children left running: {alive}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _descendants(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
+    parents: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        child, parent = (int(v) for v in line.split())
+        parents.setdefault(parent, []).append(child)
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+@pytest.mark.timeout(180)
+def test_remove_segment_then_skip_segment_against_a_server(
+    service: EmbeddedService, clip2: SyntheticClip, tmp_path: Path
+) -> None:
+    env = {**clean_env(tmp_path), "VOR_API_KEY": API_KEYS["acme"]}
+    video = tmp_path / "two.mp4"
+    video.write_bytes(clip2.path.read_bytes())
+    w, h = clip2.width, clip2.height
+    box1 = [round(v * s) for v, s in zip(clip2.box(0, 1), (w, h, w, h), strict=True)]
+    box2 = clip2.box(0, 2)
+    segment = subprocess.run(
+        [*VOR, "remove", str(video), "--server", service.url, "--segment",
+         "--boxes", "discs:" + ",".join(map(str, box1)),
+         "--boxes", "discs:" + ",".join(f"{v:.4f}" for v in box2)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert segment.returncode == 0, segment.stderr
+    assert "id 1: box" in segment.stdout and "id 2: box" in segment.stdout
+    assert (tmp_path / "two_preview.png").exists()
+    assert "%" in segment.stderr, "a progress bar was shown"
+
+    out = tmp_path / "out.mp4"
+    remove = subprocess.run(
+        [*VOR, "remove", "--video", str(video), "--server", service.url, "--skip-segment",
+         "--targets", "discs:2", "-o", str(out)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert remove.returncode == 0, remove.stderr
+    assert media.probe(out).frames == 12
+
+
+def test_remove_reports_a_bad_prompt_clearly(
+    service: EmbeddedService, clip: SyntheticClip, tmp_path: Path
+) -> None:
+    env = {**clean_env(tmp_path), "VOR_API_KEY": API_KEYS["acme"]}
+    proc = subprocess.run(
+        [*VOR, "remove", str(clip.path), "--server", service.url, "--classes", "person:a person",
+         "--segment"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "unsupported_prompt" in proc.stderr and "classes[0].text" in proc.stderr
