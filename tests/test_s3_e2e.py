@@ -1,0 +1,67 @@
+"""The S3 storage path, end to end, against a real S3-compatible server (moto)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import httpx
+import pytest
+import redis
+
+from services import media
+from services.embedded import EmbeddedService
+from services.synthetic import SyntheticClip
+from tests.conftest import API_KEYS, service_env
+from tests.helpers import accepted, wait
+from tests.support.s3 import s3_server  # noqa: F401
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def s3_service(
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_url: str,
+    svor_server: str,
+    s3_server: tuple[str, str],  # noqa: F811
+) -> Iterator[EmbeddedService]:
+    endpoint, bucket = s3_server
+    base, _, db = redis_url.rpartition("/")
+    own_db = f"{base}/{int(db) + 1}"
+    redis.Redis.from_url(own_db).flushdb()
+    env = service_env(
+        own_db, svor_server, VOR_STORAGE_URL=f"s3://{bucket}/results",
+        VOR_S3_ENDPOINT_URL=endpoint,
+    )  # fmt: skip
+    with EmbeddedService(tmp_path_factory.mktemp("vor-s3"), env=env, io_threads=2) as svc:
+        yield svc
+
+
+def test_job_results_land_in_s3_under_presigned_urls(
+    s3_service: EmbeddedService,
+    s3_server: tuple[str, str],  # noqa: F811
+    clip: SyntheticClip,
+    tmp_path: Path,
+) -> None:
+    endpoint, bucket = s3_server
+    client = httpx.Client(
+        base_url=s3_service.url, headers={"Authorization": f"Bearer {API_KEYS['acme']}"}, timeout=30
+    )
+    spec = {"classes": [{"label": "disc", "boxes": [clip.box(0)]}]}
+    job = wait(client, accepted(client, spec, clip.path)["id"])
+    assert job["status"] == "succeeded", job
+    url = job["result"]["video_url"]
+    assert url.startswith(endpoint) and "X-Amz-Signature=" in url and "X-Amz-Expires=604800" in url
+    response = httpx.get(url)
+    assert response.status_code == 200
+    (tmp_path / "r.mp4").write_bytes(response.content)
+    assert media.probe(tmp_path / "r.mp4").frames == 16
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert f"results/jobs/{job['id']}/result.mp4" in keys
+    assert client.delete(f"/v1/jobs/{job['id']}").status_code == 204
+    left = s3.list_objects_v2(Bucket=bucket, Prefix=f"results/jobs/{job['id']}/")
+    assert left.get("KeyCount", 0) == 0
