@@ -59,6 +59,12 @@ class UrlNotAllowed(VorError):
     code = "url_not_allowed"
 
 
+class StageCrashed(VorError):
+    """A stage's worker died too many times: the input is poison."""
+
+    code = "worker_crashed"
+
+
 class Canceled(VorError):
     code = "canceled"
 

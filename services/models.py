@@ -249,7 +249,9 @@ class Job(BaseModel):
         default_factory=dict, description="storage keys: input, work, masks, result, ..."
     )
     error: JobError | None = None
-    attempts: int = 0
+    runs: dict[str, int] = Field(
+        default_factory=dict, description="how often each stage (and class) was started"
+    )
     timings: dict[str, float] = Field(
         default_factory=dict,
         description="seconds spent in each stage (the slowest class for segment)",
@@ -273,5 +275,6 @@ class Job(BaseModel):
             "result": result or {},
             "error": self.error.model_dump() if self.error else None,
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "runs": dict(self.runs),
             "webhooks": [w.model_dump(mode="json") for w in self.webhooks],
         }

@@ -20,7 +20,15 @@ from typing import Any
 from services import compose, masks, media, preview, submission
 from services.engines import get_engine
 from services.engines.base import Engine
-from services.errors import Canceled, Conflict, InvalidSpec, NotFound, TransientError, VorError
+from services.errors import (
+    Canceled,
+    Conflict,
+    InvalidSpec,
+    NotFound,
+    StageCrashed,
+    TransientError,
+    VorError,
+)
 from services.models import ClassPrompt, Job, JobError, SegmentInfo, SegmentObject, Stage, Status
 from services.settings import Settings
 from services.store import JobStore
@@ -135,9 +143,22 @@ def run_stage(
     unless this is the ``final_attempt``.
     """
     try:
-        job = res.store.start_stage(job_id, stage)
+        job = res.store.start_stage(job_id, stage, label)
     except (NotFound, Conflict):
         return StageOutcome.skipped
+    runs = job.runs[stage.value if label is None else f"{stage.value}:{label}"]
+    if runs > res.settings.stage_max_runs:
+        fail(
+            res,
+            job_id,
+            stage,
+            StageCrashed(
+                f"the {stage.value} stage was started {runs - 1} times and its worker died each "
+                "time (out of memory, or a crash in a codec?); try a shorter or smaller video",
+                stage=stage.value,
+            ),
+        )
+        return StageOutcome.failed
     res.notify(job_id, "job.progress")
     scratch = res.settings.work_dir / job_id / f"{stage.value}-{label or 'all'}-{time.time_ns()}"
     scratch.mkdir(parents=True, exist_ok=True)

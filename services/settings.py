@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     webhook_backoff_base_s: float = 5.0
     webhook_timeout_s: float = 15.0
     stage_max_retries: int = 5
+    stage_max_runs: int = 3
 
     @field_validator("engine")
     @classmethod

@@ -99,8 +99,8 @@ class JobStore:
                 except redis.WatchError:
                     continue
 
-    def start_stage(self, job_id: str, stage: Stage) -> Job:
-        """Mark ``stage`` as running, unless the job already ended (then raise Conflict)."""
+    def start_stage(self, job_id: str, stage: Stage, label: str | None = None) -> Job:
+        """Mark ``stage`` as running and count the run, unless the job already ended."""
 
         def change(job: Job) -> None:
             if job.status.is_terminal():
@@ -109,6 +109,8 @@ class JobStore:
                 job.status = Status.running
                 job.started_at = utcnow()
             job.stage = stage
+            run = stage.value if label is None else f"{stage.value}:{label}"
+            job.runs[run] = job.runs.get(run, 0) + 1
 
         return self.update(job_id, change)
 
