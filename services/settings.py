@@ -51,7 +51,6 @@ class Settings(BaseSettings):
 
     visibility_timeout_s: int = 3 * 3600
     stage_time_limit_s: int = 3600
-    io_concurrency: int = 16
 
     webhook_max_attempts: int = 6
     webhook_backoff_base_s: float = 5.0
