@@ -134,7 +134,8 @@ def test_delete_removes_stored_files(acme: httpx.Client, clip: SyntheticClip) ->
     [
         ({"classes": [{"label": "a", "boxes": [[0.5, 0.5, 0.6, 0.2]]}]}, "spec.classes[0].boxes",
          "invalid_spec"),
-        ({"classes": [{"label": "a", "boxes": [[-0.1, 0.5, 0.2, 0.2]]}]}, "spec.classes[0].boxes[0][0]",
+        ({"classes": [{"label": "a", "boxes": [[-0.1, 0.5, 0.2, 0.2]]}]},
+         "spec.classes[0].boxes[0][0]",
          "invalid_spec"),
         ({"classes": [{"label": "a", "boxes": [[0.1, 0.1, 0.2, 0.2]], "frame_index": 99}]},
          "classes[0].frame_index", "invalid_spec"),
@@ -227,3 +228,64 @@ def test_unknown_job_is_404(acme: httpx.Client) -> None:
     response = acme.get("/v1/jobs/job_doesnotexist")
     assert response.status_code == 404
     assert error_of(response)["code"] == "not_found"
+
+
+def test_limits_are_enforced_at_submit(
+    acme: httpx.Client, tmp_path: Path, clip: SyntheticClip
+) -> None:
+    from services.synthetic import make_clip
+
+    spec = box_spec(clip)
+    long = make_clip(tmp_path / "long.mp4", frames=25, fps=1)
+    response = submit(acme, spec, long.path)
+    assert response.status_code == 422
+    assert error_of(response)["code"] == "input_too_large"
+    assert "lasts 25.0" in error_of(response)["message"]
+    assert "limit is 20 s" in error_of(response)["message"]
+
+    wide = make_clip(tmp_path / "wide.mp4", width=2000, height=64, frames=2)
+    response = submit(acme, spec, wide.path)
+    assert response.status_code == 422
+    assert "2000x64" in error_of(response)["message"]
+    assert error_of(response)["field"] == "video"
+
+    huge = tmp_path / "huge.mp4"
+    huge.write_bytes(b"\0" * (5 * 1024 * 1024 + 1))
+    response = submit(acme, spec, huge)
+    assert response.status_code == 413
+    assert error_of(response)["code"] == "payload_too_large"
+
+
+def test_file_with_no_video_stream_is_refused(
+    acme: httpx.Client, tmp_path: Path, clip: SyntheticClip
+) -> None:
+    import av
+    import numpy as np
+
+    audio_only = tmp_path / "sound.mp4"
+    with av.open(str(audio_only), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(
+            np.zeros((1, 1024), np.float32), format="flt", layout="mono"
+        )
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            container.mux(packet)
+    response = submit(acme, box_spec(clip), audio_only)
+    assert response.status_code == 422
+    assert error_of(response)["field"] == "video"
+    assert "no video stream" in error_of(response)["message"]
+
+
+def test_from_job_must_be_a_finished_segment_job(acme: httpx.Client, clip: SyntheticClip) -> None:
+    segment = accepted(acme, {"mode": "segment", **box_spec(clip)}, clip.path)
+    early = submit(acme, {"from_job": segment["id"]})
+    if early.status_code == 422:
+        assert error_of(early)["field"] == "from_job"
+        assert "must have succeeded" in error_of(early)["message"]
+    remove = wait(acme, accepted(acme, box_spec(clip), clip.path)["id"])
+    response = submit(acme, {"from_job": remove["id"]})
+    assert response.status_code == 422
+    assert "not a segment job" in error_of(response)["message"]
+    assert submit(acme, {"from_job": "job_nope"}).status_code == 422
