@@ -79,6 +79,7 @@ class StageRun:
     stage: Stage
     res: Resources
     scratch: Path
+    began: float = field(default_factory=time.monotonic)
     _last_report: float = 0.0
 
     def fetch(self, name: str) -> Path:
@@ -163,13 +164,13 @@ def run_stage(
     scratch = res.settings.work_dir / job_id / f"{stage.value}-{label or 'all'}-{time.time_ns()}"
     scratch.mkdir(parents=True, exist_ok=True)
     run = StageRun(job, stage, res, scratch)
-    began = time.monotonic()
     try:
         if stage is Stage.segment:
             segment(run, label)
         else:
             STAGES[stage](run)
-        _record_time(res.store, job_id, stage, time.monotonic() - began)
+        if stage is not Stage.publish:
+            _record_time(res.store, job_id, stage, time.monotonic() - run.began)
         return StageOutcome.done
     except Canceled:
         cleanup_job_files(res.settings, job_id)
@@ -407,6 +408,7 @@ def publish_segments(run: StageRun) -> None:
 
 
 def _succeed(run: StageRun) -> None:
+    _record_time(run.res.store, run.job.id, run.stage, time.monotonic() - run.began)
     job = run.res.store.finish(run.job.id, Status.succeeded, stage=None)
     cleanup_job_files(run.res.settings, run.job.id)
     if job.status is Status.succeeded:
