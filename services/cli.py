@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from services import media
+from services import logs, media
 from services.client import ApiError, ProgressBar, VorClient
 from services.embedded import EmbeddedService
 
@@ -95,9 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
+    if args.command in SERVICE_COMMANDS:
+        logs.setup(_log_format())
+    else:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+        )
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     handler = COMMANDS[args.command]
     try:
         return int(handler(args) or 0)
@@ -112,10 +117,20 @@ class UsageError(RuntimeError):
     pass
 
 
+SERVICE_COMMANDS = {"serve", "api", "worker"}
+"""Their logs are for machines: JSON lines unless VOR_LOG_FORMAT=text."""
+
+
+def _log_format() -> logs.LogFormat:
+    from services.settings import get_settings
+
+    return get_settings().log_format
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    uvicorn.run("api.app:app", host=args.host, port=args.port, log_level="warning")
+    uvicorn.run("api.app:app", host=args.host, port=args.port, log_level="warning", log_config=None)
     return 0
 
 
@@ -138,6 +153,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     ]
     if args.concurrency:
         argv += ["--concurrency", str(args.concurrency)]
+    if _log_format() == "json":
+        argv.insert(0, "--quiet")
     app.worker_main(argv)
     return 0
 
@@ -172,10 +189,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"vor is serving at {service.url} (docs: {service.url}/docs); Ctrl-C stops it",
             flush=True,
         )
-        while all(p.poll() is None for p in service.children):
+        while True:
             time.sleep(0.5)
-        print("a vor process exited; stopping the rest", file=sys.stderr)
-        return 1
+            for name in service.restart_dead():
+                print(f"vor: {name} exited; started it again", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         return 0
     finally:

@@ -87,8 +87,14 @@ class EmbeddedService:
         self.io_threads = io_threads
         self.quiet = quiet
         self.env = {**os.environ, **(env or {})}
-        self.children: list[subprocess.Popen[bytes]] = []
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._commands: dict[str, tuple[str, ...]] = {}
         self.redis: subprocess.Popen[bytes] | None = None
+        self.redis_port: int | None = None
+
+    @property
+    def children(self) -> list[subprocess.Popen[bytes]]:
+        return list(self.processes.values())
 
     @property
     def url(self) -> str:
@@ -106,17 +112,41 @@ class EmbeddedService:
             stderr=subprocess.STDOUT if out else None,
             stdin=subprocess.DEVNULL,
         )
-        self.children.append(proc)
+        self.processes[name] = proc
+        self._commands[name] = args
         return proc
+
+    def restart(self, name: str) -> subprocess.Popen[bytes]:
+        """Start the named child again (after it died or was killed)."""
+        old = self.processes.get(name)
+        if old is not None and old.poll() is None:
+            raise RuntimeError(f"{name} is still running")
+        return self._spawn(*self._commands[name], name=name)
+
+    def restart_dead(self) -> list[str]:
+        """Restart every child that exited; returns their names."""
+        dead = [name for name, proc in self.processes.items() if proc.poll() is not None]
+        for name in dead:
+            self.restart(name)
+        return dead
+
+    def restart_redis(self, *, down_s: float = 0.0) -> None:
+        """Stop the embedded Redis (it writes its AOF) and start it again on the same port."""
+        if self.redis is None or self.redis_port is None:
+            raise RuntimeError("this service does not run its own Redis")
+        self.redis.terminate()
+        self.redis.wait(timeout=15)
+        time.sleep(down_s)
+        self.redis = start_redis(self.data_dir / "redis", self.redis_port)
 
     def start(self, *, timeout: float = 90.0) -> EmbeddedService:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.env.setdefault("VOR_DATA_DIR", str(self.data_dir))
         self.env.setdefault("VOR_PUBLIC_URL", self.url)
         if not self.env.get("VOR_REDIS_URL"):
-            redis_port = free_port()
-            self.redis = start_redis(self.data_dir / "redis", redis_port)
-            self.env["VOR_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+            self.redis_port = free_port()
+            self.redis = start_redis(self.data_dir / "redis", self.redis_port)
+            self.env["VOR_REDIS_URL"] = f"redis://127.0.0.1:{self.redis_port}/0"
         self._spawn("api", "--host", self.host, "--port", str(self.port), name="api")
         self._spawn(
             "worker", "--queues", "cpu", "--pool", "prefork",
@@ -160,7 +190,7 @@ class EmbeddedService:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        self.children.clear()
+        self.processes.clear()
         if self.redis is not None:
             self.redis.terminate()
             try:

@@ -59,6 +59,12 @@ class UrlNotAllowed(VorError):
     code = "url_not_allowed"
 
 
+class Stale(VorError):
+    """A message for a stage that is already done, or for an older generation of the job."""
+
+    code = "stale"
+
+
 class StageCrashed(VorError):
     """A stage's worker died too many times: the input is poison."""
 

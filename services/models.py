@@ -249,6 +249,11 @@ class Job(BaseModel):
         default_factory=dict, description="storage keys: input, work, masks, result, ..."
     )
     error: JobError | None = None
+    generation: int = Field(
+        default=0, description="bumped when the sweeper re-enqueues; older messages are stale"
+    )
+    done: list[str] = Field(default_factory=list, description="stages (and classes) finished")
+    stage_started_at: datetime | None = None
     runs: dict[str, int] = Field(
         default_factory=dict, description="how often each stage (and class) was started"
     )

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services import compose, masks, media, preview, submission
+from services import compose, logs, masks, media, metrics, preview, submission
 from services.engines import get_engine
 from services.engines.base import Engine
 from services.errors import (
@@ -26,12 +26,14 @@ from services.errors import (
     InvalidSpec,
     NotFound,
     StageCrashed,
+    Stale,
     TransientError,
     VorError,
 )
+from services.lease import StageLease
 from services.models import ClassPrompt, Job, JobError, SegmentInfo, SegmentObject, Stage, Status
 from services.settings import Settings
-from services.store import JobStore
+from services.store import JobStore, stage_key
 
 log = logging.getLogger("vor.pipeline")
 
@@ -134,68 +136,75 @@ def run_stage(
     res: Resources,
     *,
     label: str | None = None,
+    generation: int = 0,
     final_attempt: bool = True,
 ) -> str:
     """Run one stage of a job and record what happened on the job.
 
-    Returns ``StageOutcome.done`` when the chain should go on, ``skipped`` when the
-    job already ended (canceled, failed elsewhere), ``failed`` when this stage
-    failed the job. A ``TransientError`` propagates for the caller to retry,
-    unless this is the ``final_attempt``.
+    Returns ``StageOutcome.done`` when the chain should go on, ``skipped`` when
+    the job ended, the message is stale or another copy holds the stage's lease,
+    and ``failed`` when this stage failed the job. A ``TransientError``
+    propagates for the caller to retry, unless this is the ``final_attempt``.
     """
-    try:
-        job = res.store.start_stage(job_id, stage, label)
-    except (NotFound, Conflict):
-        return StageOutcome.skipped
-    runs = job.runs[stage.value if label is None else f"{stage.value}:{label}"]
-    if runs > res.settings.stage_max_runs:
-        fail(
-            res,
-            job_id,
-            stage,
-            StageCrashed(
-                f"the {stage.value} stage was started {runs - 1} times and its worker died each "
-                "time (out of memory, or a crash in a codec?); try a shorter or smaller video",
+    key = stage_key(stage, label)
+    logs.bind(job_id=job_id, stage=stage.value)
+    with StageLease(res.store, job_id, key, heartbeat_s=res.settings.heartbeat_s) as lease:
+        if not lease.acquire():
+            log.warning("%s of %s is running elsewhere; this copy stands down", key, job_id)
+            return StageOutcome.skipped
+        try:
+            job = res.store.start_stage(job_id, stage, label, generation=generation)
+        except (NotFound, Conflict, Stale):
+            return StageOutcome.skipped
+        logs.bind(tenant=job.tenant)
+        if job.runs[key] > res.settings.stage_max_runs:
+            fail(res, job_id, stage, StageCrashed(
+                f"the {stage.value} stage was started {job.runs[key] - 1} times and its worker "
+                "died each time (out of memory, or a crash in a codec?); try a shorter or "
+                "smaller video",
                 stage=stage.value,
-            ),
-        )
-        return StageOutcome.failed
-    res.notify(job_id, "job.progress")
-    scratch = res.settings.work_dir / job_id / f"{stage.value}-{label or 'all'}-{time.time_ns()}"
-    scratch.mkdir(parents=True, exist_ok=True)
-    run = StageRun(job, stage, res, scratch)
-    try:
-        if stage is Stage.segment:
-            segment(run, label)
-        else:
-            STAGES[stage](run)
-        if stage is not Stage.publish:
-            _record_time(res.store, job_id, stage, time.monotonic() - run.began)
-        return StageOutcome.done
-    except Canceled:
-        cleanup_job_files(res.settings, job_id)
-        return StageOutcome.skipped
-    except TransientError as exc:
-        if not final_attempt:
-            raise
-        fail(res, job_id, stage, exc)
-        return StageOutcome.failed
-    except VorError as exc:
-        fail(res, job_id, stage, exc)
-        return StageOutcome.failed
-    except Exception as exc:
-        log.exception("stage %s of %s crashed", stage.value, job_id)
-        fail(res, job_id, stage, exc)
-        return StageOutcome.failed
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+            ))  # fmt: skip
+            return StageOutcome.failed
+        res.notify(job_id, "job.progress")
+        scratch = res.settings.work_dir / job_id / f"{key.replace(':', '-')}-{time.time_ns()}"
+        scratch.mkdir(parents=True, exist_ok=True)
+        run = StageRun(job, stage, res, scratch)
+        try:
+            _debug_delay(run)
+            if stage is Stage.segment:
+                segment(run, label)
+            else:
+                STAGES[stage](run)
+            if stage is not Stage.publish:
+                res.store.complete_stage(job_id, key, time.monotonic() - run.began)
+            seconds = time.monotonic() - run.began
+            metrics.stage_done(res.store.redis, stage.value, job.engine, seconds)
+            return StageOutcome.done
+        except Canceled:
+            cleanup_job_files(res.settings, job_id)
+            return StageOutcome.skipped
+        except TransientError as exc:
+            if not final_attempt:
+                raise
+            fail(res, job_id, stage, exc)
+            return StageOutcome.failed
+        except VorError as exc:
+            fail(res, job_id, stage, exc)
+            return StageOutcome.failed
+        except Exception as exc:
+            log.exception("stage %s of %s crashed", key, job_id)
+            fail(res, job_id, stage, exc)
+            return StageOutcome.failed
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _record_time(store: JobStore, job_id: str, stage: Stage, seconds: float) -> None:
-    def change(job: Job) -> None:
-        job.timings[stage.value] = max(job.timings.get(stage.value, 0.0), seconds)
-
-    store.update(job_id, change)
+def _debug_delay(run: StageRun) -> None:
+    delay = run.res.settings.stage_delays().get(run.stage.value, 0.0)
+    deadline = time.monotonic() + delay
+    while time.monotonic() < deadline:
+        time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        run.progress(0.0)
 
 
 def fail(res: Resources, job_id: str, stage: Stage, exc: BaseException) -> None:
@@ -211,6 +220,7 @@ def fail(res: Resources, job_id: str, stage: Stage, exc: BaseException) -> None:
     job = res.store.finish(job_id, Status.failed, error=error)
     cleanup_job_files(res.settings, job_id)
     if job.status is Status.failed and job.error == error:
+        log.warning("job failed in %s: %s (%s)", error.stage, error.message, error.code)
         res.notify(job_id, "job.failed")
 
 
@@ -408,7 +418,7 @@ def publish_segments(run: StageRun) -> None:
 
 
 def _succeed(run: StageRun) -> None:
-    _record_time(run.res.store, run.job.id, run.stage, time.monotonic() - run.began)
+    run.res.store.complete_stage(run.job.id, run.stage.value, time.monotonic() - run.began)
     job = run.res.store.finish(run.job.id, Status.succeeded, stage=None)
     cleanup_job_files(run.res.settings, run.job.id)
     if job.status is Status.succeeded:

@@ -28,6 +28,17 @@ def redis_url(settings: Settings | None = None) -> str:
     return settings.redis_url
 
 
+def broker_url(settings: Settings | None = None) -> str:
+    """The Celery broker: ``VOR_BROKER_URL``, or the job store's Redis."""
+    settings = settings or get_settings()
+    return settings.broker_url or redis_url(settings)
+
+
+@lru_cache
+def get_broker_redis() -> redis.Redis:
+    return redis.Redis.from_url(broker_url(), socket_timeout=10, socket_connect_timeout=5)
+
+
 @lru_cache
 def get_redis() -> redis.Redis:
     return redis.Redis.from_url(
@@ -60,5 +71,12 @@ def get_storage():  # type: ignore[no-untyped-def]
 
 
 def reset() -> None:
-    for cached in (get_redis, get_store, resolved_settings, get_storage, get_settings):
+    for cached in (
+        get_redis,
+        get_broker_redis,
+        get_store,
+        resolved_settings,
+        get_storage,
+        get_settings,
+    ):
         cached.cache_clear()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,6 +21,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path(".vor")
     redis_url: str | None = None
+    broker_url: str | None = None
     storage_url: str | None = None
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
@@ -35,12 +37,19 @@ class Settings(BaseSettings):
     svor_timeout_s: float = 60.0
     svor_max_upload_bytes: int = 1000 * 1024
     svor_max_duration_s: float = 3.0
+    svor_rate_limit_per_s: float = Field(default=5.0, ge=0)
+    """Calls per second to SVOR from all workers together (0 = no limit)."""
+    svor_rate_burst: float | None = Field(default=None, ge=1)
+    """Calls that may go at once after a quiet spell; default: one second's worth."""
+    svor_max_concurrency: int = Field(default=8, ge=0)
+    """SVOR calls in flight from all workers together (0 = no limit)."""
 
     api_keys: str | None = None
     webhook_secret: str | None = None
     allowed_url_networks: str | None = None
     public_url: str = "http://127.0.0.1:8000"
     signing_key: str | None = None
+    log_format: Literal["json", "text"] = "json"
 
     max_upload_bytes: int = 500 * 1024 * 1024
     max_duration_s: float = 120.0
@@ -57,6 +66,23 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = 15.0
     stage_max_retries: int = 5
     stage_max_runs: int = 3
+    heartbeat_s: float = 5.0
+    stall_timeout_s: float = 60.0
+    sweep_interval_s: float = 10.0
+    debug_stage_delays: str | None = None
+
+    def stage_delays(self) -> dict[str, float]:
+        """``VOR_DEBUG_STAGE_DELAYS=erase:3,publish:1``: seconds to idle at a stage's start.
+
+        For fault-injection tests and demos only: it widens the window in which a
+        test kills a worker or an upstream mid-stage.
+        """
+        delays: dict[str, float] = {}
+        for item in (self.debug_stage_delays or "").split(","):
+            name, _, seconds = item.strip().partition(":")
+            if name and seconds:
+                delays[name] = float(seconds)
+        return delays
 
     @field_validator("engine")
     @classmethod

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator
 
 import redis
 
-from services.errors import Conflict, InvalidInput, NotFound
+from services import metrics
+from services.errors import Conflict, InvalidInput, NotFound, Stale
 from services.models import Job, Stage, Status, WebhookAttempt, utcnow
 
 
@@ -28,6 +29,8 @@ class JobStore:
     def __init__(self, client: redis.Redis, *, prefix: str = "vor") -> None:
         self.redis = client
         self.prefix = prefix
+        self._renew = client.register_script(_RENEW_LUA)
+        self._release = client.register_script(_RELEASE_LUA)
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -50,6 +53,7 @@ class JobStore:
         pipe.set(self._key("job", job.id), job.model_dump_json())
         pipe.zadd(self._key("tenant", job.tenant), {job.id: score})
         pipe.zadd(self._key("active"), {job.id: time.time()})
+        metrics.count_transition(pipe, None, job.status, prefix=self.prefix)
         pipe.execute()
         return job, True
 
@@ -85,10 +89,12 @@ class JobStore:
                     if raw is None:
                         raise NotFound(f"job {job_id} does not exist")
                     job = Job.model_validate_json(raw)
+                    before = job.status
                     change(job)
                     job.updated_at = utcnow()
                     pipe.multi()
                     pipe.set(key, job.model_dump_json())
+                    metrics.count_transition(pipe, before, job.status, prefix=self.prefix)
                     if job.status.is_terminal():
                         pipe.zrem(self._key("active"), job_id)
                     else:
@@ -99,20 +105,64 @@ class JobStore:
                 except redis.WatchError:
                     continue
 
-    def start_stage(self, job_id: str, stage: Stage, label: str | None = None) -> Job:
-        """Mark ``stage`` as running and count the run, unless the job already ended."""
+    def start_stage(
+        self, job_id: str, stage: Stage, label: str | None = None, *, generation: int = 0
+    ) -> Job:
+        """Mark ``stage`` as running and count the run.
+
+        Raises ``Conflict`` when the job already ended, and ``Stale`` when this
+        message belongs to an older generation of the job or the stage is done.
+        """
+        key = stage_key(stage, label)
 
         def change(job: Job) -> None:
             if job.status.is_terminal():
                 raise Conflict(f"job {job_id} is {job.status.value}")
+            if generation != job.generation or key in job.done:
+                raise Stale(f"{key} of job {job_id} (generation {generation}) is not due")
             if job.status is Status.queued:
                 job.status = Status.running
                 job.started_at = utcnow()
             job.stage = stage
-            run = stage.value if label is None else f"{stage.value}:{label}"
-            job.runs[run] = job.runs.get(run, 0) + 1
+            job.stage_started_at = utcnow()
+            job.runs[key] = job.runs.get(key, 0) + 1
 
         return self.update(job_id, change)
+
+    def complete_stage(self, job_id: str, key: str, seconds: float) -> Job:
+        def change(job: Job) -> None:
+            if key not in job.done:
+                job.done.append(key)
+            name = key.split(":")[0]
+            job.timings[name] = max(job.timings.get(name, 0.0), seconds)
+
+        return self.update(job_id, change)
+
+    def bump_generation(self, job_id: str) -> Job:
+        """Make every queued message of the job stale; the caller enqueues afresh."""
+
+        def change(job: Job) -> None:
+            job.generation += 1
+
+        return self.update(job_id, change)
+
+    def touch(self, job_id: str) -> None:
+        """A heartbeat: the job's worker is alive."""
+        self.redis.zadd(self._key("active"), {job_id: time.time()}, xx=True)
+
+    def acquire_lease(self, name: str, token: str, ttl_s: float) -> bool:
+        return bool(self.redis.set(self._key("lease", name), token, nx=True, px=int(ttl_s * 1000)))
+
+    def renew_lease(self, name: str, token: str, ttl_s: float) -> bool:
+        renewed = self._renew(keys=[self._key("lease", name)], args=[token, int(ttl_s * 1000)])
+        return bool(renewed)
+
+    def release_lease(self, name: str, token: str) -> None:
+        self._release(keys=[self._key("lease", name)], args=[token])
+
+    def lease_holder(self, name: str) -> str | None:
+        value = self.redis.get(self._key("lease", name))
+        return value.decode() if value else None
 
     def set_progress(self, job_id: str, progress: float) -> Job:
         def change(job: Job) -> None:
@@ -144,6 +194,7 @@ class JobStore:
         pipe.delete(self._key("job", job.id))
         pipe.zrem(self._key("tenant", job.tenant), job.id)
         pipe.zrem(self._key("active"), job.id)
+        metrics.count_transition(pipe, job.status, None, prefix=self.prefix)
         if job.idempotency_key:
             pipe.delete(self._key("idem", job.tenant, job.idempotency_key))
         pipe.execute()
@@ -199,6 +250,12 @@ class JobStore:
         cutoff = time.time() - older_than_s
         return [m.decode() for m in self.redis.zrangebyscore(self._key("active"), "-inf", cutoff)]
 
+    def forget_active(self, job_id: str) -> None:
+        self.redis.zrem(self._key("active"), job_id)
+
+    def has_live_lease(self, job_id: str) -> bool:
+        return any(True for _ in self.redis.scan_iter(match=self._key("lease", job_id, "*")))
+
     def shared_secret(self, name: str, make: Callable[[], str]) -> str:
         """A secret every process of this deployment shares, made once by whoever comes first."""
         key = self._key("secret", name)
@@ -209,6 +266,24 @@ class JobStore:
 
     def events_channel(self, job_id: str) -> str:
         return self._key("events", job_id)
+
+
+def stage_key(stage: Stage, label: str | None = None) -> str:
+    return stage.value if label is None else f"{stage.value}:{label}"
+
+
+_RENEW_LUA = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE_LUA = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
 
 
 def _event(job: Job) -> str:

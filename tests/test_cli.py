@@ -17,6 +17,7 @@ from services import media
 from services.embedded import EmbeddedService, free_port
 from services.synthetic import SyntheticClip
 from tests.conftest import API_KEYS
+from tests.support.processes import alive, descendants
 
 VOR = [sys.executable, "-m", "services.cli"]
 
@@ -65,40 +66,17 @@ def test_serve_stops_every_child_on_sigterm(tmp_path: Path) -> None:
             pytest.fail("vor serve did not start: " + "".join(seen))
         assert any("webhooks are signed with whsec_" in line for line in seen)
         assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
-        children = _descendants(proc.pid)
+        children = descendants(proc.pid)
         assert len(children) >= 4, "redis, api and two workers"
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, output
         time.sleep(0.5)
-        alive = [pid for pid in children if _alive(pid)]
+        alive = [pid for pid in children if alive(pid)]
         assert not alive, f"children left running: {alive}"
     finally:
         if proc.poll() is None:
             proc.kill()
-
-
-def _descendants(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
-    parents: dict[int, list[int]] = {}
-    for line in out.splitlines():
-        child, parent = (int(v) for v in line.split())
-        parents.setdefault(parent, []).append(child)
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split()[2] != "Z"
 
 
 @pytest.mark.timeout(180)

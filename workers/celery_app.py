@@ -9,9 +9,13 @@ it still runs.
 
 from __future__ import annotations
 
-from celery import Celery
+import logging
+from typing import Any
 
-from services.runtime import redis_url
+from celery import Celery, Task, signals
+
+from services import logs
+from services.runtime import broker_url
 from services.settings import get_settings
 
 CPU_QUEUE = "cpu"
@@ -20,7 +24,7 @@ IO_QUEUE = "io"
 
 def make_app() -> Celery:
     settings = get_settings()
-    url = redis_url(settings)
+    url = broker_url(settings)
     app = Celery("vor", broker=url, backend=url, include=["workers.tasks"])
     transport = {"visibility_timeout": settings.visibility_timeout_s}
     app.conf.update(
@@ -47,3 +51,22 @@ def make_app() -> Celery:
 
 
 app = make_app()
+
+
+@signals.setup_logging.connect
+def _setup_logging(loglevel: int | None = None, **_: Any) -> None:
+    """Celery's own lines in vor's format too; with this receiver Celery sets up no logging."""
+    logs.setup(get_settings().log_format, level=loglevel or logging.INFO)
+
+
+@signals.task_prerun.connect
+def _enter_task(task_id: str, task: Task, args: tuple[Any, ...] = (), **_: Any) -> None:
+    """Every line a task logs names its job (the first argument) and stage (the task)."""
+    job_id = args[0] if args and isinstance(args[0], str) and args[0].startswith("job_") else None
+    stage = task.name.removeprefix("vor.") if job_id else None
+    logs.begin(job_id=job_id, stage=stage, task_id=task_id)
+
+
+@signals.task_postrun.connect
+def _leave_task(**_: Any) -> None:
+    logs.end()

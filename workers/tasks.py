@@ -8,17 +8,35 @@ chain (or the chord body) does not run.
 from __future__ import annotations
 
 import random
+import threading
 from functools import lru_cache
 from typing import Any
 
 from celery import Task
 from celery.exceptions import Ignore
+from celery.signals import worker_ready, worker_shutdown
 
-from services import notifications, pipeline, webhooks
+from services import logs, metrics, notifications, pipeline, sweeper, webhooks
 from services.errors import TransientError
 from services.models import Stage
-from services.runtime import get_storage, get_store, resolved_settings
+from services.runtime import get_broker_redis, get_storage, get_store, resolved_settings
 from workers.celery_app import IO_QUEUE, app
+
+
+@worker_ready.connect
+def start_sweeper(**_: Any) -> None:
+    """Every worker sweeps for stalled jobs; a Redis lock lets one do it at a time."""
+    from workers.canvas import enqueue
+
+    stopping = threading.Event()
+    worker_shutdown.connect(lambda **_: stopping.set(), weak=False)
+    thread = threading.Thread(
+        target=sweeper.sweep_forever,
+        args=(get_store(), get_broker_redis(), resolved_settings(), enqueue, stopping.is_set),
+        name="vor-sweeper",
+        daemon=True,
+    )
+    thread.start()
 
 
 def enqueue_webhook(job_id: str, event: str) -> None:
@@ -42,10 +60,12 @@ def _countdown(exc: TransientError, retries: int) -> float:
     return max(backoff, exc.retry_after or 0.0)
 
 
-def _run(task: Task, stage: Stage, job_id: str, label: str | None = None) -> str:
+def _run(task: Task, stage: Stage, job_id: str, generation: int, label: str | None = None) -> str:
     final = task.request.retries >= (task.max_retries or 0)
     try:
-        outcome = pipeline.run_stage(stage, job_id, resources(), label=label, final_attempt=final)
+        outcome = pipeline.run_stage(
+            stage, job_id, resources(), label=label, generation=generation, final_attempt=final
+        )
     except TransientError as exc:
         raise task.retry(exc=exc, countdown=_countdown(exc, task.request.retries)) from exc
     if outcome != pipeline.StageOutcome.done:
@@ -57,33 +77,33 @@ STAGE_OPTIONS: dict[str, Any] = {"bind": True, "max_retries": 5, "acks_late": Tr
 
 
 @app.task(name="vor.compress", **STAGE_OPTIONS)
-def compress(self: Task, job_id: str) -> str:
-    return _run(self, Stage.compress, job_id)
+def compress(self: Task, job_id: str, generation: int = 0) -> str:
+    return _run(self, Stage.compress, job_id, generation)
 
 
 @app.task(name="vor.segment", **STAGE_OPTIONS)
-def segment(self: Task, job_id: str, label: str) -> str:
-    return _run(self, Stage.segment, job_id, label)
+def segment(self: Task, job_id: str, generation: int, label: str) -> str:
+    return _run(self, Stage.segment, job_id, generation, label)
 
 
 @app.task(name="vor.mask_convert", **STAGE_OPTIONS)
-def mask_convert(self: Task, job_id: str) -> str:
-    return _run(self, Stage.mask_convert, job_id)
+def mask_convert(self: Task, job_id: str, generation: int = 0) -> str:
+    return _run(self, Stage.mask_convert, job_id, generation)
 
 
 @app.task(name="vor.merge", **STAGE_OPTIONS)
-def merge(self: Task, job_id: str) -> str:
-    return _run(self, Stage.merge, job_id)
+def merge(self: Task, job_id: str, generation: int = 0) -> str:
+    return _run(self, Stage.merge, job_id, generation)
 
 
 @app.task(name="vor.erase", **STAGE_OPTIONS)
-def erase(self: Task, job_id: str) -> str:
-    return _run(self, Stage.erase, job_id)
+def erase(self: Task, job_id: str, generation: int = 0) -> str:
+    return _run(self, Stage.erase, job_id, generation)
 
 
 @app.task(name="vor.publish", **STAGE_OPTIONS)
-def publish(self: Task, job_id: str) -> str:
-    return _run(self, Stage.publish, job_id)
+def publish(self: Task, job_id: str, generation: int = 0) -> str:
+    return _run(self, Stage.publish, job_id, generation)
 
 
 @lru_cache
@@ -101,6 +121,7 @@ def send_webhook(self: Task, job_id: str, event: str) -> None:
     job = res.store.get(job_id)
     if job is None:
         return
+    logs.bind(tenant=job.tenant)
     outcome = notifications.deliver_event(
         job_id,
         event,
@@ -111,7 +132,9 @@ def send_webhook(self: Task, job_id: str, event: str) -> None:
         result=pipeline.result_urls(job, res.storage, settings.url_expiry_s),
     )
     retry = outcome is not None and outcome.retryable and event in notifications.TERMINAL_EVENTS
-    if retry and self.request.retries + 1 < settings.webhook_max_attempts:
+    again = retry and self.request.retries + 1 < settings.webhook_max_attempts
+    metrics.webhook_delivered(res.store.redis, event, outcome, retrying=again)
+    if again:
         countdown = webhooks.backoff_s(
             self.request.retries + 1, base=settings.webhook_backoff_base_s
         )
