@@ -135,6 +135,10 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    # SIGTERM starts Celery's cold shutdown, which with a soft-shutdown timeout first
+    # lets running stages finish for a while, then restores their messages to the queue
+    # at once instead of leaving them invisible until the visibility timeout.
+    os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
     from workers.celery_app import app
 
     queues = args.queues

@@ -71,6 +71,8 @@ class StageOutcome:
     done = "done"
     skipped = "skipped"
     failed = "failed"
+    busy = "busy"
+    """Another copy holds the stage's lease: look again once the lease could have expired."""
 
 
 @dataclass
@@ -150,8 +152,8 @@ def run_stage(
     logs.bind(job_id=job_id, stage=stage.value)
     with StageLease(res.store, job_id, key, heartbeat_s=res.settings.heartbeat_s) as lease:
         if not lease.acquire():
-            log.warning("%s of %s is running elsewhere; this copy stands down", key, job_id)
-            return StageOutcome.skipped
+            log.warning("%s of %s is running elsewhere; this copy waits", key, job_id)
+            return StageOutcome.busy
         try:
             job = res.store.start_stage(job_id, stage, label, generation=generation)
         except (NotFound, Conflict, Stale):

@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     stage_max_retries: int = 5
     stage_max_runs: int = 3
     heartbeat_s: float = 5.0
+    soft_shutdown_s: float = 30.0
     stall_timeout_s: float = 60.0
     sweep_interval_s: float = 10.0
     debug_stage_delays: str | None = None

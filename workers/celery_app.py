@@ -36,6 +36,8 @@ def make_app() -> Celery:
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_soft_shutdown_timeout=settings.soft_shutdown_s,
+        worker_enable_soft_shutdown_on_idle=False,
         broker_connection_retry_on_startup=True,
         broker_transport_options=transport,
         result_backend_transport_options=transport,

@@ -68,6 +68,9 @@ def _run(task: Task, stage: Stage, job_id: str, generation: int, label: str | No
         )
     except TransientError as exc:
         raise task.retry(exc=exc, countdown=_countdown(exc, task.request.retries)) from exc
+    if outcome == pipeline.StageOutcome.busy:
+        lease_ttl = resources().settings.heartbeat_s * 3
+        raise task.retry(countdown=lease_ttl, max_retries=task.request.retries + 1)
     if outcome != pipeline.StageOutcome.done:
         raise Ignore()
     return job_id
