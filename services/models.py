@@ -262,6 +262,9 @@ class Job(BaseModel):
         description="seconds spent in each stage (the slowest class for segment)",
     )
     webhooks: list[WebhookAttempt] = Field(default_factory=list)
+    webhook_state: dict[str, str] = Field(
+        default_factory=dict, description="per terminal event: delivered, retrying, failed, gone"
+    )
     idempotency_key: str | None = None
 
     def public(self, result: dict[str, str] | None = None) -> dict[str, Any]:
@@ -282,4 +285,5 @@ class Job(BaseModel):
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "runs": dict(self.runs),
             "webhooks": [w.model_dump(mode="json") for w in self.webhooks],
+            "webhook_state": dict(self.webhook_state),
         }

@@ -8,6 +8,9 @@ deliveries for that job.
 
 from __future__ import annotations
 
+import logging
+from urllib.parse import urlsplit
+
 import httpx
 
 from services import webhooks
@@ -16,12 +19,21 @@ from services.settings import Settings
 from services.store import JobStore
 
 TERMINAL_EVENTS = {"job.succeeded", "job.failed", "job.canceled"}
+log = logging.getLogger("vor.webhooks")
 
 
 def wants(job: Job, event: str) -> bool:
     if not job.spec.webhook_url or event not in job.spec.webhook_events:
         return False
     return not any(w.error == "gone" for w in job.webhooks)
+
+
+def delivery_state(outcome: webhooks.DeliveryResult, last_attempt: bool) -> str:
+    if outcome.ok:
+        return "delivered"
+    if outcome.gone:
+        return "gone"
+    return "retrying" if outcome.retryable and not last_attempt else "failed"
 
 
 def deliver_event(
@@ -33,8 +45,13 @@ def deliver_event(
     settings: Settings,
     client: httpx.Client,
     result: dict[str, str],
+    last_attempt: bool = True,
 ) -> webhooks.DeliveryResult | None:
-    """Send ``event`` for a job once and log the attempt; None when nothing is to be sent."""
+    """Send ``event`` for a job once and log the attempt; None when nothing is to be sent.
+
+    The job's ``webhook_state[event]`` says where delivery stands: ``delivered``,
+    ``retrying``, ``failed`` (retries ran out, or the URL is refused) or ``gone`` (410).
+    """
     job = store.get(job_id)
     if job is None or not wants(job, event):
         return None
@@ -61,4 +78,10 @@ def deliver_event(
             ok=outcome.ok,
         ),
     )
+    if event in TERMINAL_EVENTS:
+        store.set_webhook_state(job.id, event, delivery_state(outcome, last_attempt))
+    host = urlsplit(job.spec.webhook_url).netloc
+    detail = f"delivered ({outcome.status_code})" if outcome.ok else outcome.error
+    level = logging.INFO if outcome.ok else logging.WARNING
+    log.log(level, "%s to %s, attempt %d: %s", event, host, attempt, detail)
     return outcome

@@ -186,6 +186,9 @@ class JobStore:
 
         return self.update(job_id, change)
 
+    def set_webhook_state(self, job_id: str, event: str, state: str) -> Job:
+        return self.update(job_id, lambda job: job.webhook_state.__setitem__(event, state))
+
     def log_webhook(self, job_id: str, attempt: WebhookAttempt) -> Job:
         return self.update(job_id, lambda job: job.webhooks.append(attempt))
 

@@ -133,6 +133,7 @@ def send_webhook(self: Task, job_id: str, event: str) -> None:
         settings=settings,
         client=_webhook_client(),
         result=pipeline.result_urls(job, res.storage, settings.url_expiry_s),
+        last_attempt=self.request.retries + 1 >= settings.webhook_max_attempts,
     )
     retry = outcome is not None and outcome.retryable and event in notifications.TERMINAL_EVENTS
     again = retry and self.request.retries + 1 < settings.webhook_max_attempts
