@@ -86,7 +86,7 @@ class EmbeddedService:
         self.workers = workers
         self.io_threads = io_threads
         self.quiet = quiet
-        self.env = {**os.environ, **(env or {})}
+        self.env = {**os.environ, "VOR_DATA_DIR": str(self.data_dir), **(env or {})}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._commands: dict[str, tuple[str, ...]] = {}
         self.redis: subprocess.Popen[bytes] | None = None
@@ -147,6 +147,7 @@ class EmbeddedService:
             self.redis_port = free_port()
             self.redis = start_redis(self.data_dir / "redis", self.redis_port)
             self.env["VOR_REDIS_URL"] = f"redis://127.0.0.1:{self.redis_port}/0"
+            self.env.setdefault("VOR_BROKER_URL", f"redis://127.0.0.1:{self.redis_port}/1")
         self._spawn("api", "--host", self.host, "--port", str(self.port), name="api")
         self._spawn(
             "worker", "--queues", "cpu", "--pool", "prefork",

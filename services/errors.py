@@ -59,6 +59,10 @@ class UrlNotAllowed(VorError):
     code = "url_not_allowed"
 
 
+class StageTimedOut(VorError):
+    code = "stage_timeout"
+
+
 class Stale(VorError):
     """A message for a stage that is already done, or for an older generation of the job."""
 

@@ -26,6 +26,7 @@ from services.errors import (
     InvalidSpec,
     NotFound,
     StageCrashed,
+    StageTimedOut,
     Stale,
     TransientError,
     VorError,
@@ -58,6 +59,8 @@ class Resources:
     store: JobStore
     storage: Any
     settings: Settings
+    time_limit_errors: tuple[type[BaseException], ...] = ()
+    """What the runner raises inside a stage that outlived its time limit."""
     notify: Notify = field(default=lambda job_id, event: None)
     engines: dict[str, Engine] = field(default_factory=dict)
 
@@ -185,6 +188,13 @@ def run_stage(
         except Canceled:
             cleanup_job_files(res.settings, job_id)
             return StageOutcome.skipped
+        except res.time_limit_errors:
+            fail(res, job_id, stage, StageTimedOut(
+                f"the {stage.value} stage did not finish within "
+                f"{res.settings.stage_time_limit_s:g} s; try a shorter video",
+                stage=stage.value,
+            ))  # fmt: skip
+            return StageOutcome.failed
         except TransientError as exc:
             if not final_attempt:
                 raise
@@ -201,7 +211,21 @@ def run_stage(
             shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _debug_pairs(text: str | None) -> dict[str, float]:
+    pairs: dict[str, float] = {}
+    for item in (text or "").split(","):
+        name, _, seconds = item.strip().partition(":")
+        if name and seconds:
+            pairs[name] = float(seconds)
+    return pairs
+
+
 def _debug_delay(run: StageRun) -> None:
+    transient = _debug_pairs(run.res.settings.debug_transient_once).get(run.stage.value)
+    if transient is not None and run.job.runs.get(stage_key(run.stage)) == 1:
+        raise TransientError(
+            f"injected transient failure of {run.stage.value}", retry_after=transient
+        )
     delay = run.res.settings.stage_delays().get(run.stage.value, 0.0)
     deadline = time.monotonic() + delay
     while time.monotonic() < deadline:

@@ -23,16 +23,12 @@ from dataclasses import dataclass
 
 import redis
 
-from services.errors import VorError
+from services.errors import StageTimedOut
 from services.models import Job, JobError, Status, utcnow
 from services.settings import Settings
 from services.store import JobStore
 
 log = logging.getLogger("vor.sweeper")
-
-
-class StageTimedOut(VorError):
-    code = "stage_timeout"
 
 
 @dataclass

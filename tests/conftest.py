@@ -7,7 +7,6 @@ The service under test is started the way an operator starts it (``vor api``,
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -143,5 +142,3 @@ def clip2(tmp_path_factory: pytest.TempPathFactory) -> SyntheticClip:
 def shared_data() -> Path | None:
     return SHARED_DATA if SHARED_DATA.is_dir() else None
 
-
-os.environ.setdefault("VOR_DATA_DIR", str(Path(__file__).resolve().parents[1] / ".vor" / "test"))

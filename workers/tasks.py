@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from celery.signals import worker_ready, worker_shutdown
 
 from services import logs, metrics, notifications, pipeline, sweeper, webhooks
@@ -52,6 +52,7 @@ def resources() -> pipeline.Resources:
         storage=get_storage(),
         settings=resolved_settings(),
         notify=enqueue_webhook,
+        time_limit_errors=(SoftTimeLimitExceeded,),
     )
 
 
