@@ -1,570 +1,63 @@
 """The ``svor`` engine: SVOR cloud segmentation (SAM3) and erasure (MiEraser) over HTTPS.
 
-Three parts, top to bottom: ``SvorClient`` speaks the SVOR API (submit, poll,
-download) and owns every retry; ``fit_upload`` re-encodes a clip until it fits
-the gateway's body limit; ``SvorEngine`` turns the pipeline's files and
-normalised prompts into SVOR calls and SVOR's answers back into vor's formats.
+``SvorEngine`` turns the pipeline's files and normalised prompts into calls of
+``SvorClient`` (``svor_client.py``, which owns every retry and the shared rate
+limit) and SVOR's answers back into vor's formats; ``fit_upload``
+(``services/upload_fit.py``) keeps every upload under the gateway's body limit.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import itertools
-import json
-import math
-import random
-import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import cv2
 import httpx
 import numpy as np
+import redis
 
-from services.engines.base import FoundObject, Progress, Segmentation, no_progress
+from services import metrics
+from services.engines.base import FoundObject, Progress, Segmentation
+from services.engines.svor_client import (
+    DOWNLOAD_MAX_BYTES,
+    ERASE_PATH,
+    SEG_PATH,
+    SvorClient,
+    SvorPrompt,
+    SvorResult,
+    parse_retry_after,
+)
 from services.errors import (
     InputTooLarge,
     InvalidInput,
     UpstreamAuth,
-    UpstreamBadRequest,
     UpstreamFailed,
-    UpstreamRateLimited,
-    UpstreamTimeout,
     UpstreamTooLarge,
-    UpstreamUnavailable,
 )
-from services.media import PixelFormat, VideoWriter, open_input, read_frames, video_size
+from services.media import PixelFormat, VideoWriter, read_frames, video_size
 from services.models import ClassPrompt, InputInfo
+from services.ratelimit import UpstreamLimiter
 from services.settings import Settings
-
-API_ROOT = "/customize/xiaomi-ev/video_obj_removal/customize/v1/videos"
-SEG_PATH = f"{API_ROOT}/sam3_prompt_seg"
-ERASE_PATH = f"{API_ROOT}/mieraser"
-RETRIED_STATUS = frozenset({429, 502, 503, 504})
-JSON_MAX_BYTES = 4 * 1024 * 1024
-DOWNLOAD_MAX_BYTES = 1024 * 1024 * 1024
-POLL_FIRST_S = 0.5
-POLL_MAX_S = 5.0
-POLL_GROWTH = 1.5
-_TIMEOUT_CAUSES = {httpx.ConnectTimeout: "connect", httpx.ReadTimeout: "read_timeout"}
-
-
-# --------------------------------------------------------------------------- client
-
-
-@dataclass(frozen=True)
-class SvorPrompt:
-    """A prompt in SVOR's terms: absolute pixels of the uploaded video."""
-
-    frame_index: int = 0
-    text: str | None = None
-    remove_prompt: str | None = None
-    points: list[tuple[int, int]] = field(default_factory=list)
-    point_labels: list[int] = field(default_factory=list)
-    boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
-    """[x, y, w, h], top-left corner."""
-
-    def form(self) -> dict[str, str]:
-        data = {"frame_index": str(self.frame_index)}
-        if self.text:
-            data["text"] = self.text
-        if self.remove_prompt:
-            data["remove_prompt"] = self.remove_prompt
-        if self.points:
-            data["points"] = json.dumps([list(p) for p in self.points])
-            data["point_labels"] = json.dumps(self.point_labels or [1] * len(self.points))
-        if self.boxes:
-            data["bounding_boxes"] = json.dumps([list(b) for b in self.boxes])
-            data["bounding_box_labels"] = json.dumps([1] * len(self.boxes))
-        return data
-
-
-@dataclass(frozen=True)
-class SvorResult:
-    task_id: str
-    video_url: str
-    extra_info: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class _Reply:
-    status: int
-    headers: httpx.Headers
-    content: bytes
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
-
-
-def _message(content: bytes) -> str:
-    """The most readable error text in an upstream body."""
-    try:
-        body = json.loads(content)
-    except ValueError:
-        return content.decode("utf-8", "replace").strip()[:300] or "(empty body)"
-    if isinstance(body, dict):
-        for key in ("message", "msg", "error_message", "detail", "error"):
-            if body.get(key):
-                return str(body[key])[:300]
-    return str(body)[:300]
-
-
-def _json(reply: _Reply) -> Any:
-    try:
-        return json.loads(reply.content)
-    except ValueError:
-        return None
-
-
-def _same_origin(a: str, b: str) -> bool:
-    x, y = urlsplit(a), urlsplit(b)
-    return (x.scheme, x.hostname, x.port) == (y.scheme, y.hostname, y.port)
-
-
-class SvorClient:
-    """The SVOR API: submit a task, poll it to the end, download its video.
-
-    Every HTTP request retries 429/502/503/504, refused connections and timeouts
-    with exponential backoff and full jitter, never sooner than ``Retry-After``.
-    ``stats`` counts requests and retries by cause, for tests and benchmarks.
-    """
-
-    def __init__(
-        self,
-        http: httpx.Client,
-        *,
-        base_url: str,
-        api_key: str | None,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-        max_retries: int = 5,
-        poll_deadline_s: float = 600.0,
-        backoff_base_s: float = 0.5,
-        backoff_cap_s: float = 30.0,
-        rng: Callable[[], float] = random.random,
-    ) -> None:
-        self.http = http
-        self.base_url = base_url.rstrip("/") + "/"
-        self.api_key = api_key
-        self.clock = clock
-        self.sleep = sleep
-        self.max_retries = max_retries
-        self.poll_deadline_s = poll_deadline_s
-        self.backoff_base_s = backoff_base_s
-        self.backoff_cap_s = backoff_cap_s
-        self.rng = rng
-        self.stats: dict[str, Any] = {"requests": 0, "retries": {}, "slept_s": 0.0}
-
-    def segment(
-        self, video: Path, prompt: SvorPrompt, progress: Progress = no_progress
-    ) -> SvorResult:
-        """Run SAM3 prompt segmentation; the result URL is the raw object-id mask video."""
-        files = {"input_video": (video.name, video.read_bytes(), "video/mp4")}
-        task_id = self.submit(SEG_PATH, files, prompt.form())
-        return self.wait(SEG_PATH, task_id, progress)
-
-    def erase(self, video: Path, mask: Path, progress: Progress = no_progress) -> SvorResult:
-        """Run MiEraser on ``video`` where the 0/255 ``mask`` video is white."""
-        files = {
-            "input_video": (video.name, video.read_bytes(), "video/mp4"),
-            "input_mask": (mask.name, mask.read_bytes(), "video/mp4"),
-        }
-        task_id = self.submit(ERASE_PATH, files, {})
-        return self.wait(ERASE_PATH, task_id, progress)
-
-    def submit(self, path: str, files: dict[str, Any], data: dict[str, str]) -> str:
-        reply = self.request("POST", path, files=files, data=data)
-        body = _json(reply)
-        if not isinstance(body, dict):
-            raise UpstreamFailed(f"SVOR answered {path.rsplit('/', 1)[-1]} with malformed JSON")
-        if body.get("code", 0) not in (0, "0"):
-            raise UpstreamFailed(
-                f"SVOR refused the task (code {body.get('code')}): {_message(reply.content)}"
-            )
-        task_id = body.get("task_id")
-        if not task_id:
-            raise UpstreamFailed("SVOR accepted the task but sent no task_id")
-        return str(task_id)
-
-    def wait(self, path: str, task_id: str, progress: Progress = no_progress) -> SvorResult:
-        """Poll ``{path}/status/{task_id}`` until it ends or ``poll_deadline_s`` passes."""
-        start = self.clock()
-        delay = POLL_FIRST_S
-        malformed = 0
-        status = "unknown"
-        while True:
-            reply = self.request("GET", f"{path}/status/{task_id}")
-            body = _json(reply)
-            if not isinstance(body, dict):
-                malformed += 1
-                if malformed > self.max_retries:
-                    raise UpstreamFailed(
-                        f"SVOR's status answers for task {task_id} are not valid JSON "
-                        f"({malformed} in a row)"
-                    )
-                self._count("malformed_json")
-            else:
-                malformed = 0
-                status = str(body.get("status", "unknown")).lower()
-                if status in {"completed", "success", "succeeded"}:
-                    return self._completed(task_id, body)
-                if status in {"failed", "error"}:
-                    reason = body.get("error_message") or _message(reply.content)
-                    raise UpstreamFailed(f"SVOR task {task_id} failed: {reason}")
-            elapsed = self.clock() - start
-            progress(min(0.95, elapsed / (elapsed + 20.0)))
-            remaining = self.poll_deadline_s - elapsed
-            if remaining <= 0:
-                raise UpstreamTimeout(
-                    f"SVOR task {task_id} did not finish within {self.poll_deadline_s:g} s "
-                    f"(last status: {status})"
-                )
-            self._sleep(min(delay, remaining))
-            delay = min(POLL_MAX_S, delay * POLL_GROWTH)
-
-    def download(self, url: str, dest: Path, *, max_bytes: int = DOWNLOAD_MAX_BYTES) -> Path:
-        """Fetch a result URL (relative ones resolve against the base URL) to ``dest``."""
-        reply = self.request("GET", urljoin(self.base_url, url), max_bytes=max_bytes)
-        dest.write_bytes(reply.content)
-        return dest
-
-    def request(
-        self, method: str, url: str, *, max_bytes: int = JSON_MAX_BYTES, **kwargs: Any
-    ) -> _Reply:
-        """One call with retries; raises the fitting ``Upstream*`` error when it fails.
-
-        ``url`` is absolute, or an API path appended to the base URL (which may
-        carry a path prefix of its own).
-        """
-        if not urlsplit(url).scheme:
-            url = self.base_url + url.lstrip("/")
-        headers = dict(kwargs.pop("headers", {}) or {})
-        if self.api_key and _same_origin(url, self.base_url):
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        attempt = 0
-        while True:
-            self.stats["requests"] += 1
-            retry_after: float | None = None
-            try:
-                reply = self._send(method, url, headers, max_bytes, kwargs)
-            except httpx.TimeoutException as exc:
-                cause = _TIMEOUT_CAUSES.get(type(exc), "timeout")
-                detail = f"{type(exc).__name__} after the client's timeout"
-            except httpx.TransportError as exc:
-                cause = "connect" if isinstance(exc, httpx.ConnectError) else "transport"
-                detail = f"{type(exc).__name__}: {exc}"
-            else:
-                if reply.status not in RETRIED_STATUS:
-                    _raise_for_status(reply, url)
-                    return reply
-                cause = str(reply.status)
-                detail = f"HTTP {reply.status}: {_message(reply.content)}"
-                retry_after = parse_retry_after(reply.headers.get("retry-after"))
-            if retry_after is not None and retry_after > self.poll_deadline_s:
-                detail += f"; it asks to wait {retry_after:g} s"
-            elif attempt < self.max_retries:
-                self._count(cause)
-                self._sleep(self.backoff(attempt, retry_after))
-                attempt += 1
-                continue
-            error = UpstreamRateLimited if cause == "429" else UpstreamUnavailable
-            raise error(
-                f"SVOR {method} {urlsplit(url).path} still failing after {attempt} retries "
-                f"({detail})"
-            )
-
-    def backoff(self, attempt: int, retry_after: float | None = None) -> float:
-        """Full jitter: uniform in [0, min(cap, base * 2**attempt)], never below Retry-After."""
-        ceiling = min(self.backoff_cap_s, self.backoff_base_s * 2**attempt)
-        return max(retry_after or 0.0, self.rng() * ceiling)
-
-    def _send(
-        self, method: str, url: str, headers: dict[str, str], max_bytes: int, kwargs: Any
-    ) -> _Reply:
-        request = self.http.build_request(method, url, headers=headers, **kwargs)
-        response = self.http.send(request, stream=True)
-        try:
-            chunks: list[bytes] = []
-            total = 0
-            for chunk in response.iter_bytes():
-                total += len(chunk)
-                if total > max_bytes:
-                    raise UpstreamFailed(
-                        f"SVOR's answer to {urlsplit(url).path} is over {max_bytes} bytes"
-                    )
-                chunks.append(chunk)
-            return _Reply(response.status_code, response.headers, b"".join(chunks))
-        finally:
-            response.close()
-
-    def _completed(self, task_id: str, body: dict[str, Any]) -> SvorResult:
-        url = body.get("video_path")
-        if not url or not isinstance(url, str):
-            raise UpstreamFailed(f"SVOR task {task_id} completed without a video_path")
-        extra = body.get("extra_info")
-        return SvorResult(task_id, url, extra if isinstance(extra, dict) else {})
-
-    def _count(self, cause: str) -> None:
-        retries = self.stats["retries"]
-        retries[cause] = retries.get(cause, 0) + 1
-
-    def _sleep(self, seconds: float) -> None:
-        self.stats["slept_s"] += seconds
-        self.sleep(seconds)
-
-
-def _raise_for_status(reply: _Reply, url: str) -> None:
-    if reply.status < 400:
-        return
-    where = urlsplit(url).path.rsplit("/", 1)[-1]
-    text = _message(reply.content)
-    if reply.status in (401, 403):
-        raise UpstreamAuth(
-            f"SVOR rejected the API key (HTTP {reply.status}: {text}); check SVOR_API_KEY"
-        )
-    if reply.status == 413:
-        raise UpstreamTooLarge(f"SVOR refused the upload as too large (HTTP 413): {text}")
-    if reply.status < 500 and reply.status != 404:
-        raise UpstreamBadRequest(f"SVOR refused the {where} request (HTTP {reply.status}): {text}")
-    raise UpstreamFailed(f"SVOR {where} answered HTTP {reply.status}: {text}")
-
-
-# --------------------------------------------------------------------------- upload fitting
-
-CRF_START = 23
-CRF_BEST = 18
-CRF_SOFT_MAX = 32
-CRF_HARD_MAX = 51
-MAX_SIDE = 1280
-MIN_SIDE = 128
-MAX_FIT_ATTEMPTS = 8
-FIT_GOAL = 0.85
-"""Aim this far under the target, so that one encode usually lands inside it."""
-GOOD_ENOUGH = 0.5
-"""A fitting encode this close to the target is kept without looking for a lower CRF."""
-
-
-@dataclass
-class UploadPlan:
-    """What ``fit_upload`` chose, and every encode it tried on the way."""
-
-    width: int
-    height: int
-    scale: float
-    crf: int
-    bytes: int
-    target_bytes: int
-    source_bytes: int
-    frames: int
-    attempts: list[dict[str, float]] = field(default_factory=list)
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2))
-
-
-def _even(value: float) -> int:
-    return max(2, int(round(value / 2)) * 2)
-
-
-def _encode(
-    frames: Iterable[np.ndarray], dest: Path, size: tuple[int, int], fps: float, crf: int
-) -> int:
-    """Encode ``frames`` as H.264 at ``size``; the number of frames written."""
-    written = 0
-    with VideoWriter(dest, size[0], size[1], fps, crf=crf, preset="veryfast") as writer:
-        for image in frames:
-            writer.write(_resized(image, size))
-            written += 1
-    return written
-
-
-def _resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if (image.shape[1], image.shape[0]) == size:
-        return image
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-
-
-def _estimate(sample: Path, frames: int) -> float:
-    """The bytes a whole clip of ``frames`` would take, from an encode of its first frames.
-
-    The keyframe (large) counts once, the other frames at their mean size, so
-    that a short sample does not overstate long clips.
-    """
-    container = open_input(sample)
-    try:
-        keys: list[int] = []
-        others: list[int] = []
-        for packet in container.demux(container.streams.video[0]):
-            if packet.size:
-                (keys if packet.is_keyframe else others).append(packet.size)
-    finally:
-        container.close()
-    if not others:
-        return float(np.mean(keys)) * frames
-    return sum(keys) + float(np.mean(others)) * max(0, frames - len(keys))
-
-
-def _next_crf(sizes: dict[int, int], target: int, max_crf: int, good_enough: float) -> int | None:
-    """The next CRF worth encoding at one scale, or None when no better one is left there.
-
-    Size falls roughly exponentially with CRF (halving every ~6), but far from
-    evenly for noisy content, so between a CRF that is too big and one that fits,
-    the next guess interpolates log(size) between the two measured points.
-    """
-    goal = FIT_GOAL * target
-    fits = [c for c, size in sizes.items() if size <= target]
-    if fits:
-        c_fit = min(fits)
-        s_fit = sizes[c_fit]
-        overs = [c for c, size in sizes.items() if size > target and c < c_fit]
-        if s_fit >= good_enough * target or c_fit <= CRF_BEST:
-            return None
-        if not overs:
-            guess = c_fit - math.floor(6 * math.log2(goal / s_fit))
-            return max(CRF_BEST, min(c_fit - 1, guess))
-        c_over = max(overs)
-        if c_fit - c_over <= 1:
-            return None
-        s_over = sizes[c_over]
-        share = math.log(s_over / goal) / math.log(s_over / s_fit)
-        return min(c_fit - 1, max(c_over + 1, math.ceil(c_over + share * (c_fit - c_over))))
-    c_over = max(sizes)
-    if c_over >= max_crf:
-        return None
-    return min(max_crf, c_over + max(1, math.ceil(6 * math.log2(sizes[c_over] / goal))))
-
-
-class _Fitter:
-    """The search behind ``fit_upload``: first on a short sample, then on the whole clip."""
-
-    def __init__(self, source: Path, dest: Path, target: int) -> None:
-        self.source, self.dest, self.target = source, dest, target
-        self.width, self.height, self.fps, self.frames = video_size(source)
-        self.max_scale = min(1.0, MAX_SIDE / max(self.width, self.height))
-        self.min_scale = min(self.max_scale, MIN_SIDE / max(self.width, self.height))
-        self.sample_frames = min(self.frames, max(6, round(self.fps / 2)))
-        self.best: tuple[Path, float, int, int, int] | None = None
-        self.attempts: list[dict[str, float]] = []
-        self._samples: dict[tuple[int, int], list[np.ndarray]] = {}
-
-    def size_at(self, scale: float) -> tuple[int, int]:
-        return _even(self.width * scale), _even(self.height * scale)
-
-    def search(
-        self,
-        measure: Callable[[float, int], int],
-        scale: float,
-        crf: int,
-        *,
-        good_enough: float,
-        attempts: int,
-    ) -> tuple[float, int]:
-        """Walk (scale, crf) until a fitting size is good enough; the best point seen."""
-        sizes: dict[int, int] = {}
-        found: tuple[float, int] | None = None
-        for _ in range(attempts):
-            size = sizes[crf] = measure(scale, crf)
-            if size <= self.target and (found is None or crf < found[1]):
-                found = (scale, crf)
-            max_crf = CRF_HARD_MAX if scale <= self.min_scale else CRF_SOFT_MAX
-            following = _next_crf(sizes, self.target, max_crf, good_enough)
-            if following is not None:
-                crf = following
-                continue
-            if found is not None or scale <= self.min_scale:
-                break
-            shrink = min(0.9, math.sqrt(FIT_GOAL * self.target / size))
-            scale, crf, sizes = max(self.min_scale, scale * shrink), CRF_SOFT_MAX - 2, {}
-        return found or (scale, crf)
-
-    def sampled(self, scale: float, crf: int) -> int:
-        size = self.size_at(scale)
-        if size not in self._samples:
-            first = itertools.islice(read_frames(self.source), self.sample_frames)
-            self._samples = {size: [_resized(image, size) for image in first]}
-        sample = self.dest.with_name(self.dest.stem + ".sample.mp4")
-        _encode(self._samples[size], sample, size, self.fps, crf)
-        estimate = _estimate(sample, self.frames)
-        sample.unlink()
-        self.attempts.append({"scale": round(scale, 4), "crf": crf, "estimate": int(estimate)})
-        return int(estimate)
-
-    def whole(self, scale: float, crf: int) -> int:
-        trial = self.dest.with_name(f"{self.dest.stem}.try{len(self.attempts)}.mp4")
-        written = _encode(read_frames(self.source), trial, self.size_at(scale), self.fps, crf)
-        size = trial.stat().st_size
-        self.attempts.append({"scale": round(scale, 4), "crf": crf, "bytes": size})
-        if size <= self.target and (self.best is None or crf < self.best[2]):
-            if self.best is not None:
-                self.best[0].unlink()
-            self.best = (trial, scale, crf, size, written)
-        else:
-            trial.unlink()
-        return size
-
-
-def fit_upload(
-    source: Path, dest: Path, *, target_bytes: int, progress: Progress = no_progress
-) -> UploadPlan:
-    """Re-encode ``source`` (H.264, no audio, every frame) so that it is at most ``target_bytes``.
-
-    The search runs first on the clip's first half second, whose size predicts
-    the whole clip's, and then on the whole clip from the point it found, so a
-    clip is usually encoded in full once or twice. While too big, CRF rises up
-    to 32, then the picture shrinks (down to a 128 px long side, where CRF may go
-    on to 51); a fit that leaves more than half the budget unused makes it look
-    for a lower CRF between the measured points.
-    """
-    fitter = _Fitter(source, dest, target_bytes)
-    start = fitter.search(
-        fitter.sampled, fitter.max_scale, CRF_START, good_enough=GOOD_ENOUGH, attempts=6
-    )
-    progress(0.5)
-    fitter.search(fitter.whole, *start, good_enough=0.0, attempts=MAX_FIT_ATTEMPTS)
-    if fitter.best is None:
-        raise InputTooLarge(
-            f"the clip cannot be compressed under {target_bytes} bytes for the svor engine, "
-            "even at the lowest quality; use a shorter clip or the local engine",
-            field="video",
-        )
-    trial, scale, crf, size, written = fitter.best
-    trial.replace(dest)
-    width, height = fitter.size_at(scale)
-    progress(1.0)
-    return UploadPlan(
-        width=width,
-        height=height,
-        scale=round(scale, 4),
-        crf=crf,
-        bytes=size,
-        target_bytes=target_bytes,
-        source_bytes=source.stat().st_size,
-        frames=written,
-        attempts=fitter.attempts,
-    )
-
-
-# --------------------------------------------------------------------------- engine
+from services.upload_fit import UploadPlan, fit_upload
+
+__all__ = [
+    "DOWNLOAD_MAX_BYTES",
+    "ERASE_PATH",
+    "SEG_PATH",
+    "SvorClient",
+    "SvorEngine",
+    "SvorPrompt",
+    "SvorResult",
+    "UploadPlan",
+    "engine_from_settings",
+    "fit_upload",
+    "limiter_from_settings",
+    "parse_retry_after",
+    "svor_prompt",
+]
 
 UPLOAD_OVERHEAD_BYTES = 8 * 1024
 MAX_SHRINKS = 3
@@ -879,12 +372,46 @@ def _is_loopback(url: str) -> bool:
         return False
 
 
-def engine_from_settings(settings: Settings) -> SvorEngine:
-    """The svor engine as configured; refuses to start without a key unless on loopback."""
+LEASE_MARGIN_S = 30.0
+
+
+def limiter_from_settings(settings: Settings, client: redis.Redis) -> UpstreamLimiter | None:
+    """The limit on SVOR calls shared by every worker on ``client``'s Redis; None when off.
+
+    A slot's lease is twice the read timeout plus a margin: longer than any
+    ordinary call, short enough that a dead worker's slot soon comes back. A
+    call that runs longer still (a slow download) may let one more call in.
+    """
+    if settings.svor_rate_limit_per_s <= 0 and settings.svor_max_concurrency <= 0:
+        return None
+    origin = urlsplit(settings.svor_base_url)
+    return UpstreamLimiter(
+        client,
+        f"svor:{origin.hostname}:{origin.port or origin.scheme}",
+        rate_per_s=settings.svor_rate_limit_per_s,
+        burst=settings.svor_rate_burst,
+        max_concurrency=settings.svor_max_concurrency,
+        lease_s=2 * settings.svor_timeout_s + LEASE_MARGIN_S,
+    )
+
+
+def engine_from_settings(
+    settings: Settings, *, redis_client: redis.Redis | None = None
+) -> SvorEngine:
+    """The svor engine as configured; refuses to start without a key unless on loopback.
+
+    The shared limiter uses ``redis_client``, by default this process's Redis
+    (``runtime.get_redis()``) when one is configured; without Redis the calls go
+    unlimited.
+    """
     if not settings.svor_api_key and not _is_loopback(settings.svor_base_url):
         raise UpstreamAuth(
             f"the svor engine needs an API key for {settings.svor_base_url}: set SVOR_API_KEY"
         )
+    if redis_client is None and settings.redis_url:
+        from services.runtime import get_redis
+
+        redis_client = get_redis()
     http = httpx.Client(
         timeout=httpx.Timeout(settings.svor_timeout_s, connect=10.0), follow_redirects=True
     )
@@ -894,6 +421,8 @@ def engine_from_settings(settings: Settings) -> SvorEngine:
         api_key=settings.svor_api_key,
         max_retries=settings.svor_max_retries,
         poll_deadline_s=settings.svor_poll_deadline_s,
+        limiter=limiter_from_settings(settings, redis_client) if redis_client else None,
+        observe=metrics.upstream_observer(redis_client) if redis_client else None,
     )
     return SvorEngine(
         client,
