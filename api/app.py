@@ -9,7 +9,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from api import errors
-from api.routes import files, health, jobs
+from api.routes import events, files, health, jobs, metrics
+from services import logs
 from services.models import JobSpec
 from services.settings import get_settings
 
@@ -24,9 +25,12 @@ def create_app() -> FastAPI:
         "once, a signed webhook when it is done.",
     )
     errors.install(app)
+    app.add_middleware(logs.ContextMiddleware)
     app.include_router(jobs.router)
+    app.include_router(events.router)
     app.include_router(files.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     if not get_settings().tenants_by_key():
         log.warning("VOR_API_KEYS is not set: the API accepts every request as tenant 'default'")

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Header, Path
 
+from services import logs
 from services.errors import NotFound, Unauthorized
 from services.models import Job
 from services.runtime import get_storage, get_store, resolved_settings
@@ -39,12 +40,14 @@ def _tenant(
 ) -> str:
     keys = settings.tenants_by_key()
     if not keys:
+        logs.bind(tenant=DEFAULT_TENANT)
         return DEFAULT_TENANT
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("send 'Authorization: Bearer <api key>'", field="Authorization")
     for key, tenant in keys.items():
         if hmac.compare_digest(key.encode(), token.strip().encode()):
+            logs.bind(tenant=tenant)
             return tenant
     raise Unauthorized("the API key is not valid", field="Authorization")
 
@@ -56,9 +59,11 @@ def _current_job(
     job_id: Annotated[str, Path(alias="id", max_length=64)], tenant: TenantDep, store: JobStoreDep
 ) -> Job:
     try:
-        return store.get_for(tenant, job_id)
+        job = store.get_for(tenant, job_id)
     except NotFound:
         raise NotFound(f"job {job_id} does not exist", field="id") from None
+    logs.bind(job_id=job.id)
+    return job
 
 
 CurrentJob = Annotated[Job, Depends(_current_job)]

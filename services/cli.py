@@ -127,10 +127,22 @@ def _log_format() -> logs.LogFormat:
     return get_settings().log_format
 
 
+SHUTDOWN_GRACE_S = 10
+"""How long a stopping API lets requests finish; event streams would hold it up for good
+(their clients go on by polling)."""
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    uvicorn.run("api.app:app", host=args.host, port=args.port, log_level="warning", log_config=None)
+    uvicorn.run(
+        "api.app:app",
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        log_config=None,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+    )
     return 0
 
 
@@ -399,7 +411,12 @@ def cmd_svor_server(args: argparse.Namespace) -> int:
     from services import svor_server
 
     svor_server.serve(
-        args.host, args.port, faults=svor_server.faults_from_args(args), api_key=args.api_key
+        args.host,
+        args.port,
+        faults=svor_server.faults_from_args(args),
+        api_key=args.api_key,
+        log_level=args.log_level,
+        engine=args.engine,
     )
     return 0
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 TERMINAL = {"succeeded", "failed", "canceled"}
+STREAM_READ_TIMEOUT_S = 45.0
+"""Three of the server's 15 s keep-alives: a stream silent for longer is dead."""
 
 
 class ApiError(RuntimeError):
@@ -71,15 +73,50 @@ class VorClient:
         timeout: float = 3600,
         poll_s: float = 0.25,
     ) -> dict[str, Any]:
+        """Follow the job until it ends, calling ``on_update`` with each state; the job."""
+        for state in self.follow(job_id, timeout=timeout, poll_s=poll_s):
+            if on_update:
+                on_update(state)
+        return self.get(job_id)
+
+    def follow(
+        self, job_id: str, *, timeout: float = 3600, poll_s: float = 0.25
+    ) -> Iterator[dict[str, Any]]:
+        """The job's state (status, stage, progress) at once and on each change, until it ends.
+
+        Reads the job's server-sent events; when the stream cannot be opened or
+        breaks off before the end, goes on by polling ``GET /v1/jobs/{id}``.
+        """
         deadline = time.monotonic() + timeout
+        try:
+            for state in self._events(job_id, deadline):
+                yield state
+                if state["status"] in TERMINAL:
+                    return
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        yield from self._poll(job_id, deadline, poll_s)
+
+    def _events(self, job_id: str, deadline: float) -> Iterator[dict[str, Any]]:
+        timeout = httpx.Timeout(self.http.timeout.connect, read=STREAM_READ_TIMEOUT_S)
+        url = f"/v1/jobs/{job_id}/events"
+        headers = {"Accept": "text/event-stream"}
+        with self.http.stream("GET", url, headers=headers, timeout=timeout) as response:
+            kind = response.headers.get("content-type", "")
+            if response.status_code != 200 or not kind.startswith("text/event-stream"):
+                return
+            for name, data in sse_events(_until(deadline, job_id, response.iter_lines())):
+                if name == "job":
+                    yield dict(json.loads(data))
+
+    def _poll(self, job_id: str, deadline: float, poll_s: float) -> Iterator[dict[str, Any]]:
         while True:
             job = self.get(job_id)
-            if on_update:
-                on_update(job)
+            yield job
             if job["status"] in TERMINAL:
-                return job
+                return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout:g} s")
+                raise TimeoutError(f"job {job_id} still {job['status']} at the timeout")
             time.sleep(poll_s)
 
     def download(self, url: str, dest: Path) -> Path:
@@ -91,6 +128,32 @@ class VorClient:
                 for chunk in response.iter_bytes():
                     out.write(chunk)
         return dest
+
+
+def _until(deadline: float, job_id: str, lines: Iterable[str]) -> Iterator[str]:
+    for line in lines:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} did not end within the timeout")
+        yield line
+
+
+def sse_events(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """(event name, data) of each server-sent event in a stream's lines; comments skipped."""
+    name, data = "message", list[str]()
+    for line in lines:
+        if not line:
+            if data:
+                yield name, "\n".join(data)
+            name, data = "message", []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "event":
+            name = value
+        elif field == "data":
+            data.append(value)
 
 
 class ProgressBar:

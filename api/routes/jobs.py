@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,16 +16,18 @@ from starlette.datastructures import UploadFile
 
 from api.deps import CurrentJob, JobStoreDep, SettingsDep, StorageDep, TenantDep
 from api.errors import validation_response
+from services import logs
 from services.errors import Conflict, InvalidInput, InvalidSpec, PayloadTooLarge
 from services.models import Job, JobSpec, Status
 from services.pipeline import cleanup_job_files, result_urls
 from services.settings import Settings
-from services.submission import Submission, submit
+from services.submission import Submission, parse_client_json, submit
 from workers.canvas import enqueue
 from workers.celery_app import IO_QUEUE
 from workers.tasks import enqueue_webhook, send_webhook
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+log = logging.getLogger("vor.api")
 
 SUBMIT_BODY: dict[str, Any] = {
     "requestBody": {
@@ -67,12 +69,7 @@ def render(job: Job, storage: Any, settings: Settings) -> dict[str, Any]:
 def _parse_spec(raw: str | None) -> JobSpec:
     if raw is None:
         raise InvalidSpec("the multipart form needs a 'spec' field with the job spec", field="spec")
-    try:
-        return JobSpec.model_validate(json.loads(raw))
-    except json.JSONDecodeError as exc:
-        raise InvalidSpec(
-            f"spec is not JSON: {exc.msg} at position {exc.pos}", field="spec"
-        ) from exc
+    return JobSpec.model_validate(parse_client_json(raw, "spec"))
 
 
 def _save_upload(upload: UploadFile, folder: Path, name: str, limit: int) -> Path:
@@ -132,10 +129,7 @@ async def create_job(
                 idempotency_key=idempotency_key,
             )
         elif content_type.startswith("application/json"):
-            try:
-                body = await request.json()
-            except ValueError:
-                raise InvalidSpec("the body is not JSON", field="body") from None
+            body = parse_client_json(await request.body(), "body")
             try:
                 spec = JobSpec.model_validate(body)
             except ValidationError as exc:
@@ -151,6 +145,8 @@ async def create_job(
         )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    logs.bind(job_id=job.id)
+    log.info("job %s (%s, %s engine)", "accepted" if created else "replayed", job.mode, job.engine)
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
@@ -193,6 +189,7 @@ def cancel_job(
         raise Conflict(f"job {job.id} already {job.status.value}", field="id")
     job = store.finish(job.id, Status.canceled)
     if job.status is Status.canceled:
+        log.info("job canceled")
         cleanup_job_files(settings, job.id)
         enqueue_webhook(job.id, "job.canceled")
     return render(job, storage, settings)
@@ -202,9 +199,10 @@ def cancel_job(
 def delete_job(job: CurrentJob, store: JobStoreDep, storage: StorageDep) -> Response:
     """Delete a job and every file it stored (a running job is canceled first)."""
     if not job.status.is_terminal():
-        store.finish(job.id, Status.canceled)
+        job = store.finish(job.id, Status.canceled)
     storage.delete_prefix(f"jobs/{job.id}/")
     store.delete(job)
+    log.info("job deleted")
     return Response(status_code=204)
 
 
