@@ -670,6 +670,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--api-key", default=None, help="require this Bearer key (default: none)")
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument(
+        "--engine", choices=["local", "boxes"], default="local",
+        help="local: real segmentation and erasure; boxes: boxes are the objects and erasure "
+        "returns the video unchanged (for load tests)",
+    )  # fmt: skip
     faults = parser.add_argument_group("faults (also settable at runtime: POST /_faults)")
     for name, info in Faults.model_fields.items():
         flag = "--" + name.replace("_", "-")
@@ -705,12 +710,29 @@ def serve_in_thread(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
         sock.close()
 
 
+def _engine_named(name: str) -> SegmentErase | None:
+    if name == "boxes":
+        from services.engines.boxes import BoxEngine
+
+        return BoxEngine()
+    return None
+
+
 def serve(
-    host: str, port: int, *, faults: Faults, api_key: str | None, log_level: str = "warning"
+    host: str,
+    port: int,
+    *,
+    faults: Faults,
+    api_key: str | None,
+    log_level: str = "warning",
+    engine: str = "local",
 ) -> None:
     """Run the stand-in with uvicorn until interrupted."""
     active = faults.model_dump(exclude_defaults=True)
     print(f"SVOR stand-in on http://{host}:{port} (faults: {active or 'none'})", file=sys.stderr)
     uvicorn.run(
-        create_app(faults=faults, api_key=api_key), host=host, port=port, log_level=log_level
+        create_app(engine=_engine_named(engine), faults=faults, api_key=api_key),
+        host=host,
+        port=port,
+        log_level=log_level,
     )

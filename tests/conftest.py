@@ -7,6 +7,7 @@ The service under test is started the way an operator starts it (``vor api``,
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -21,7 +22,9 @@ import redis
 from services.embedded import EmbeddedService, free_port, start_redis
 from services.synthetic import SyntheticClip, make_clip
 
-TEST_DB = 11
+TEST_DB_BLOCKS = (4, 8)
+"""A test session uses Redis databases base..base+3; two sessions may run side by side."""
+LOCK_DB = 15
 WEBHOOK_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtZm9yLXZvci10ZXN0cw=="
 API_KEYS = {"acme": "key-acme", "globex": "key-globex"}
 SVOR_KEY = "svor-test-key"
@@ -37,12 +40,37 @@ def _answers(port: int) -> bool:
         return False
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
+
+
+def _claim_block() -> int:
+    locks = redis.Redis.from_url(f"redis://127.0.0.1:6379/{LOCK_DB}")
+    for base in TEST_DB_BLOCKS:
+        key = f"vor-test-block:{base}"
+        if locks.set(key, os.getpid(), nx=True, ex=3 * 3600):
+            return base
+        holder = int(locks.get(key) or 0)
+        if not _pid_alive(holder):
+            locks.set(key, os.getpid(), ex=3 * 3600)
+            return base
+    raise RuntimeError("every Redis database block for tests is taken by another test session")
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if _answers(6379):
-        url = f"redis://127.0.0.1:6379/{TEST_DB}"
+        base = _claim_block()
+        url = f"redis://127.0.0.1:6379/{base}"
         redis.Redis.from_url(url).flushdb()
         yield url
+        redis.Redis.from_url(f"redis://127.0.0.1:6379/{LOCK_DB}").delete(f"vor-test-block:{base}")
         return
     port = free_port()
     proc = start_redis(tmp_path_factory.mktemp("redis"), port)

@@ -72,8 +72,8 @@ def test_serve_stops_every_child_on_sigterm(tmp_path: Path) -> None:
         output, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, output
         time.sleep(0.5)
-        alive = [pid for pid in children if alive(pid)]
-        assert not alive, f"children left running: {alive}"
+        left = [pid for pid in children if alive(pid)]
+        assert not left, f"children left running: {left}"
     finally:
         if proc.poll() is None:
             proc.kill()
