@@ -308,6 +308,9 @@ def _decode_cursor(cursor: str) -> tuple[float, set[str]]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         data = json.loads(raw)
-        return float(data["s"]), set(data["i"])
+        score = float(data["s"])
+        if score != score:
+            raise ValueError("a NaN score is no position (Redis refuses it)")
+        return score, set(data["i"])
     except (ValueError, KeyError, TypeError) as exc:
         raise InvalidInput("cursor is not one this API returned", field="cursor") from exc
