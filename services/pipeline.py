@@ -10,7 +10,9 @@ redelivered message) simply does its work again.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -176,6 +178,8 @@ def run_stage(
         run = StageRun(job, stage, res, scratch)
         try:
             _debug_delay(run)
+            if label is not None and label == res.settings.debug_crash_label:
+                os.kill(os.getpid(), signal.SIGKILL)
             if stage is Stage.segment:
                 segment(run, label)
             else:

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     stall_timeout_s: float = 60.0
     sweep_interval_s: float = 10.0
     debug_stage_delays: str | None = None
+    debug_crash_label: str | None = None
+    """``VOR_DEBUG_CRASH_LABEL=poison``: segmenting a class of that label kills its worker
+    process outright, as an out-of-memory kill would (fault injection for tests)."""
     debug_transient_once: str | None = None
     """``VOR_DEBUG_TRANSIENT_ONCE=erase:8``: the first run of the stage fails with a
     transient error asking to retry after 8 s (fault injection for tests)."""

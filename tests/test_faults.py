@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -37,6 +38,8 @@ def faulty(tmp_path_factory: pytest.TempPathFactory, svor_server: str) -> Iterat
         VOR_HEARTBEAT_S="0.5",
         VOR_STALL_TIMEOUT_S="3",
         VOR_SWEEP_INTERVAL_S="1",
+        VOR_WEBHOOK_MAX_ATTEMPTS="4",
+        VOR_DEBUG_CRASH_LABEL="poison",
     )
     env.pop("VOR_REDIS_URL")
     with EmbeddedService(tmp_path_factory.mktemp("faulty"), env=env, io_threads=4) as service:
@@ -124,3 +127,48 @@ def test_redis_restart_mid_job(
         assert final["status"] == "succeeded", final
     after = wait(client, accepted(client, spec_for(small), small.path)["id"], timeout=60)
     assert after["status"] == "succeeded", "workers keep consuming after Redis came back"
+
+
+@pytest.mark.timeout(120)
+def test_poison_input_is_tried_a_bounded_number_of_times(
+    client: httpx.Client, small: SyntheticClip
+) -> None:
+    spec = {"classes": [{"label": "poison", "boxes": [small.box(0)]}]}
+    final = wait(client, accepted(client, spec, small.path)["id"], timeout=100)
+    assert final["status"] == "failed", final
+    assert final["error"]["code"] == "worker_crashed"
+    assert final["error"]["stage"] == "segment"
+    assert final["runs"]["segment:poison"] == 4, "three runs that died, then the refusal"
+    after = wait(client, accepted(client, spec_for(small), small.path)["id"], timeout=60)
+    assert after["status"] == "succeeded", "the queue goes on"
+
+
+@pytest.mark.timeout(120)
+def test_webhook_receiver_down_then_redelivered(client: httpx.Client, small: SyntheticClip) -> None:
+    from services.embedded import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/hook"
+    job = wait(client, accepted(client, spec_for(small, webhook_url=url), small.path)["id"])
+    assert job["status"] == "succeeded"
+    deadline = time.monotonic() + 30
+    while (seen := client.get(f"/v1/jobs/{job['id']}").json())["webhook_state"].get(
+        "job.succeeded"
+    ) != "failed":
+        assert time.monotonic() < deadline, seen["webhooks"]
+        time.sleep(0.2)
+    attempts = [w for w in seen["webhooks"] if w["event"] == "job.succeeded"]
+    assert len(attempts) == 4 and not any(w["ok"] for w in attempts)
+    gaps = [
+        (datetime.fromisoformat(b["at"]) - datetime.fromisoformat(a["at"])).total_seconds()
+        for a, b in zip(attempts, attempts[1:], strict=False)
+    ]
+    assert gaps == sorted(gaps), f"backoff grows: {gaps}"
+    with Receiver(port=port) as receiver:
+        response = client.post(f"/v1/jobs/{job['id']}/webhooks/redeliver")
+        assert response.status_code == 202
+        delivered = receiver.wait_for(1, timeout=20)
+        assert json.loads(delivered[0].body)["type"] == "job.succeeded"
+        assert delivered[0].headers["webhook-id"] == attempts[0]["webhook_id"]
+    final = client.get(f"/v1/jobs/{job['id']}").json()
+    assert final["webhook_state"]["job.succeeded"] == "delivered"

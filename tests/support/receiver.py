@@ -44,6 +44,7 @@ class Receiver:
         delay_s: float = 0.0,
         redirect_to: str | None = None,
         host: str = "127.0.0.1",
+        port: int = 0,
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self.status = status
@@ -54,7 +55,7 @@ class Receiver:
         self.requests: list[ReceivedRequest] = []
         self._changed = threading.Condition()
         self._stopping = threading.Event()
-        self._server = _QuietServer((host, 0), _handler_for(self))
+        self._server = _QuietServer((host, port), _handler_for(self))
         self.scheme = "http"
         if tls is not None:
             self.scheme = "https"
