@@ -1,12 +1,16 @@
 """Reading, probing and writing video with PyAV, and the bundled ffmpeg binary.
 
 Every open goes through ``open_input`` so that no file can make the demuxer
-reach for other files or URLs (HLS, concat, DASH): only the ``file`` protocol
-and the container formats vor needs are allowed.
+reach for other files or URLs (HLS, concat, DASH, SDP): only the ``file``
+protocol is allowed, and libavformat refuses any container outside
+``ALLOWED_FORMATS`` right after guessing it from the bytes, before the demuxer
+reads a header that could name another file. ``max_pixels`` caps every decoder,
+so a tiny file that declares huge frames is refused before a frame is allocated.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Iterator
 from fractions import Fraction
@@ -21,23 +25,39 @@ from services.errors import InputTooLarge, InvalidInput
 from services.models import InputInfo
 
 ALLOWED_FORMATS = frozenset(
-    {
-        "mov",
-        "mp4",
-        "m4a",
-        "3gp",
-        "3g2",
-        "mj2",
-        "matroska",
-        "webm",
-        "avi",
-        "mpegts",
-        "mpeg",
-        "flv",
-        "ogg",
-        "gif",
-    }
+    {"mov", "mp4", "matroska", "webm", "avi", "mpegts", "mpeg", "flv", "ogg", "gif"}
 )
+"""Demuxer names vor reads; none of them opens other files or URLs."""
+
+FORMAT_WHITELIST = ",".join(sorted(ALLOWED_FORMATS))
+MAX_STREAMS = 16
+DEFAULT_MAX_PIXELS = 8192 * 8192
+"""The decoder's frame-size cap when the caller gives no limit of its own."""
+
+
+def pixel_cap(width: int, height: int) -> int:
+    """A decoder's ``max_pixels`` for frames of at most width x height.
+
+    Decoders check the size of what they allocate, padded and with side tables
+    (MPEG-4 part 2 asks twice the width), so the cap leaves room: a bomb is
+    hundreds of times larger, never four.
+    """
+    return 4 * (width + 128) * (height + 128)
+
+
+ACCEPTED = "send MP4, MOV, MKV, WebM, AVI or MPEG-TS"
+
+_REFERRING_FORMATS: tuple[tuple[bytes, str], ...] = (
+    (b"#EXTM3U", "an HLS playlist"),
+    (b"#EXTINF", "a playlist"),
+    (b"[playlist]", "a playlist"),
+    (b"<asx", "a playlist"),
+    (b"ffconcat version", "an ffmpeg concat script"),
+    (b"file ", "an ffmpeg concat script"),
+    (b"<MPD", "a DASH manifest"),
+    (b"v=0", "an SDP session description"),
+)
+"""How text formats that name other media begin; only to word the refusal."""
 
 
 def ffmpeg_exe() -> str:
@@ -47,45 +67,103 @@ def ffmpeg_exe() -> str:
 
 
 def run_ffmpeg(args: list[str]) -> None:
-    """Run the bundled ffmpeg on local files only; raise with its last words on failure."""
-    cmd = [
-        ffmpeg_exe(),
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-nostdin",
-        "-y",
-        "-protocol_whitelist",
-        "file,pipe",
-        *args,
-    ]
+    """Run the bundled ffmpeg on local files only; raise with its last words on failure.
+
+    ffmpeg's input options hold for the next ``-i`` only, so every input gets
+    the protocol and format whitelists, and its path the ``file:`` protocol.
+    """
+    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y"]
+    rest = iter(args)
+    for arg in rest:
+        if arg == "-i":
+            source = next(rest)
+            cmd += ["-protocol_whitelist", "file", "-format_whitelist", FORMAT_WHITELIST]
+            cmd += ["-i", source if source.startswith("file:") else f"file:{source}"]
+        else:
+            cmd.append(arg)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"ffmpeg failed: {proc.stderr.strip()[-800:]}")
 
 
-def open_input(path: Path | str) -> Any:
-    """Open a media file for reading, refusing anything that is not a plain local file."""
+def _options(max_pixels: int, **extra: str) -> dict[str, str]:
+    """Demuxer and decoder options for a file from outside (PyAV passes them to both)."""
+    return {
+        "protocol_whitelist": "file",
+        "format_whitelist": FORMAT_WHITELIST,
+        "max_streams": str(MAX_STREAMS + 1),
+        "enable_drefs": "0",
+        "max_pixels": str(max_pixels),
+        **extra,
+    }
+
+
+def open_input(path: Path | str, *, max_pixels: int | None = None) -> Any:
+    """Open a media file for reading, refusing anything that is not a plain local video.
+
+    ``max_pixels`` (default ``DEFAULT_MAX_PIXELS``) caps the frames that opening
+    may decode; a stream whose frames are larger comes back with no frame size.
+    """
+    location = f"file:{Path(path).resolve()}"
+    options = _options(max_pixels or DEFAULT_MAX_PIXELS)
     try:
-        container = av.open(str(path), mode="r", options={"protocol_whitelist": "file"})
-    except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:
-        raise InvalidInput(
-            f"the file is not a readable video ({_reason(exc)})", field="video"
-        ) from exc
+        container = av.open(location, mode="r", options=options)
+    except (av.FFmpegError, UnicodeDecodeError, ValueError, OSError) as exc:
+        raise InvalidInput(_unreadable(Path(path), exc), field="video") from exc
     names = set(container.format.name.split(","))
     if not names & ALLOWED_FORMATS:
         container.close()
         raise InvalidInput(
-            f"container format {container.format.name!r} is not accepted; send MP4, MOV, MKV, "
-            "WebM or AVI",
+            f"container format {container.format.name!r} is not accepted; {ACCEPTED}",
             field="video",
         )
     return container
 
 
+def _unreadable(path: Path, exc: BaseException) -> str:
+    kind = sniff_referring(path)
+    if kind:
+        return (
+            f"the file is {kind}, not a video: vor reads no other files or URLs; upload the "
+            f"video itself ({ACCEPTED})"
+        )
+    return f"the file is not a readable video in an accepted container ({_reason(exc)}); {ACCEPTED}"
+
+
+def sniff_referring(path: Path) -> str | None:
+    """The kind of playlist, manifest or script ``path`` is, if its first bytes say so."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(512)
+    except OSError:
+        return None
+    head = head.removeprefix(b"\xef\xbb\xbf").lstrip()
+    if head.startswith(b"<?xml"):
+        head = head.partition(b"?>")[2].lstrip()
+    return next((kind for prefix, kind in _REFERRING_FORMATS if head.startswith(prefix)), None)
+
+
 def _reason(exc: BaseException) -> str:
-    text = str(exc).strip()
+    """FFmpeg's words for a failure, without PyAV's errno number and file name."""
+    text = re.sub(r"^\[Errno -?\d+\]\s*", "", str(exc).strip())
     return text.split(": '")[0][:200] or type(exc).__name__
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    """The frame size the container header declares, read without opening any decoder."""
+    try:
+        container = av.open(
+            f"file:{path.resolve()}", mode="r", options=_options(1, codec_whitelist="-")
+        )
+    except (av.FFmpegError, ValueError, OSError):
+        return 0, 0
+    try:
+        if not container.streams.video:
+            return 0, 0
+        ctx = container.streams.video[0].codec_context
+        return int(ctx.width or 0), int(ctx.height or 0)
+    finally:
+        container.close()
 
 
 def probe(
@@ -100,29 +178,42 @@ def probe(
 
     Demuxes every packet (cheap) to count frames and decodes the first frame, so
     a file that is truncated, empty or in a codec we cannot decode is refused here.
+    Frames larger than ``max_width`` x ``max_height`` pixels are never decoded.
     """
     size = path.stat().st_size
     if size == 0:
         raise InvalidInput("the video file is empty (0 bytes)", field="video")
-    container = open_input(path)
+    if max_width and max_height:
+        limit, cap = f"{max_width}x{max_height}", pixel_cap(max_width, max_height)
+    else:
+        limit, cap = f"{DEFAULT_MAX_PIXELS} pixels", DEFAULT_MAX_PIXELS
+    container = open_input(path, max_pixels=cap)
     try:
         if not container.streams.video:
             raise InvalidInput("the file has no video stream", field="video")
-        if len(container.streams) > 16:
+        if len(container.streams) > MAX_STREAMS:
             raise InvalidInput(
-                f"the file has {len(container.streams)} streams; at most 16 are accepted",
+                f"the file has more than {MAX_STREAMS} streams; at most {MAX_STREAMS} are accepted",
                 field="video",
             )
         stream = container.streams.video[0]
         ctx = stream.codec_context
         width, height = int(ctx.width or 0), int(ctx.height or 0)
         if width <= 0 or height <= 0:
-            raise InvalidInput("the video stream has no frame size", field="video")
-        if (max_width and width > max_width) or (max_height and height > max_height):
-            raise InputTooLarge(
-                f"the video is {width}x{height}; the limit is {max_width}x{max_height}",
+            width, height = _header_size(path)
+            if width * height > cap:
+                raise InputTooLarge(
+                    f"the video is {width}x{height}; the limit is {limit}", field="video"
+                )
+            raise InvalidInput(
+                f"the video stream has no readable frame size (or frames over {cap} pixels)",
                 field="video",
             )
+        if (max_width and width > max_width) or (max_height and height > max_height):
+            raise InputTooLarge(
+                f"the video is {width}x{height}; the limit is {limit}", field="video"
+            )
+        ctx.options = {"max_pixels": str(pixel_cap(width, height))}
         fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
         declared = float(container.duration / av.time_base) if container.duration else 0.0
         if max_duration_s and declared > max_duration_s * 1.05 + 1:
@@ -130,29 +221,13 @@ def probe(
                 f"the video lasts {declared:.1f} s; the limit is {max_duration_s:g} s",
                 field="video",
             )
-        frames = 0
-        first_decoded = False
-        for packet in container.demux(stream):
-            if packet.size == 0:
-                continue
-            frames += 1
-            if max_frames and frames > max_frames:
-                raise InputTooLarge(f"the video has more than {max_frames} frames", field="video")
-            if not first_decoded:
-                first_decoded = bool(packet.decode())
-        if not first_decoded:
-            for _ in container.decode(stream):
-                first_decoded = True
-                break
-        if frames == 0 or not first_decoded:
-            raise InvalidInput("no frame of the video could be decoded", field="video")
+        frames, span = _count_frames(container, stream, max_frames)
         duration = frames / fps
-        if max_duration_s and duration > max_duration_s + 1e-6:
+        if max_duration_s and max(duration, span) > max_duration_s + 1e-6:
             raise InputTooLarge(
-                f"the video lasts {duration:.2f} s; the limit is {max_duration_s:g} s",
+                f"the video lasts {max(duration, span):.2f} s; the limit is {max_duration_s:g} s",
                 field="video",
             )
-        rotation = _rotation(stream)
         return InputInfo(
             duration_s=round(duration, 3),
             width=width,
@@ -161,13 +236,39 @@ def probe(
             frames=frames,
             audio=bool(container.streams.audio),
             codec=ctx.name,
-            rotation=rotation,
+            rotation=_rotation(stream),
             size_bytes=size,
         )
     except (av.FFmpegError, ValueError) as exc:
         raise InvalidInput(f"the video could not be read: {_reason(exc)}", field="video") from exc
     finally:
         container.close()
+
+
+def _count_frames(container: Any, stream: Any, max_frames: int | None) -> tuple[int, float]:
+    """(frames, seconds from the first to the last timestamp), decoding only the first frame."""
+    frames = 0
+    first_decoded = False
+    low = high = None
+    for packet in container.demux(stream):
+        if packet.size == 0:
+            continue
+        frames += 1
+        if max_frames and frames > max_frames:
+            raise InputTooLarge(f"the video has more than {max_frames} frames", field="video")
+        if packet.pts is not None and packet.time_base:
+            at = float(packet.pts * packet.time_base)
+            low = at if low is None else min(low, at)
+            high = at if high is None else max(high, at)
+        if not first_decoded:
+            first_decoded = bool(packet.decode())
+    if not first_decoded:
+        for _ in container.decode(stream):
+            first_decoded = True
+            break
+    if frames == 0 or not first_decoded:
+        raise InvalidInput("no frame of the video could be decoded", field="video")
+    return frames, (high - low) if low is not None and high is not None else 0.0
 
 
 def _rotation(stream: Any) -> int:
@@ -180,6 +281,36 @@ def _rotation(stream: Any) -> int:
     return 0
 
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) a PNG or JPEG declares in its header, read without decoding
+    (so a decompression bomb is measured before it is inflated); None otherwise."""
+    data = path.read_bytes()
+    if data.startswith(PNG_MAGIC) and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20]), int.from_bytes(data[20:24])
+    if not data.startswith(JPEG_MAGIC):
+        return None
+    at = 2
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker == 0xFF:
+            at += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD9:
+            at += 2
+            continue
+        if marker in _JPEG_SOF and at + 9 <= len(data):
+            return int.from_bytes(data[at + 7 : at + 9]), int.from_bytes(data[at + 5 : at + 7])
+        at += 2 + int.from_bytes(data[at + 2 : at + 4])
+    return None
+
+
 PixelFormat = Literal["bgr24", "gray", "rgb24"]
 
 
@@ -189,8 +320,20 @@ def read_frames(path: Path | str, pix_fmt: PixelFormat = "bgr24") -> Iterator[np
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        for frame in container.decode(stream):
-            yield frame.to_ndarray(format=pix_fmt)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if width and height:
+            # A frame may not outgrow the size the stream declared (a mid-stream bomb).
+            stream.codec_context.options = {"max_pixels": str(pixel_cap(width, height))}
+        index = 0
+        try:
+            for frame in container.decode(stream):
+                yield frame.to_ndarray(format=pix_fmt)
+                index += 1
+        except av.FFmpegError as exc:
+            raise InvalidInput(
+                f"frame {index} of {Path(path).name} could not be decoded ({_reason(exc)}): the "
+                f"file is damaged, or its frames grow past the {width}x{height} it declares"
+            ) from exc
     finally:
         container.close()
 

@@ -6,6 +6,7 @@ store) and enqueued; one that does not raises a ``VorError`` naming the field.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import numpy as np
 
 from services import media
 from services.errors import (
+    InputTooLarge,
     InvalidInput,
     InvalidSpec,
     NotFound,
@@ -24,6 +26,7 @@ from services.errors import (
     TransientError,
     UnsupportedPrompt,
 )
+from services.masks import MAX_IMAGE_PIXELS
 from services.models import InputInfo, Job, JobSpec, Status
 from services.settings import Settings
 from services.store import JobStore, new_job_id
@@ -41,6 +44,35 @@ class Submission:
     mask: Path | None = None
     mask_name: str | None = None
     idempotency_key: str | None = None
+
+
+def parse_client_json(raw: str | bytes, field: str) -> Any:
+    """A client's JSON (the spec, or the whole body), refused with ``InvalidSpec`` naming
+    ``field`` unless vor can keep it: well-formed, without NaN or Infinity, nested
+    less deep than Python's recursion limit, and with no lone surrogate (``"\\ud800"``
+    parses, but cannot be written back as UTF-8)."""
+    try:
+        value = json.loads(raw, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise InvalidSpec(
+            f"{field} is not JSON: {exc.msg} at position {exc.pos}", field=field
+        ) from exc
+    except RecursionError:
+        raise InvalidSpec(f"{field} is nested too deeply to be a job spec", field=field) from None
+    except ValueError as exc:
+        raise InvalidSpec(f"{field} is not JSON: {exc}", field=field) from exc
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise InvalidSpec(
+            f"{field} holds a lone UTF-16 surrogate escape (\\ud800-\\udfff): send valid Unicode",
+            field=field,
+        ) from None
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def probe_upload(path: Path, engine: str, settings: Settings) -> InputInfo:
@@ -120,19 +152,37 @@ def _suffix(name: str | None, allowed: set[str], default: str) -> str:
     return suffix if suffix in allowed and re.fullmatch(r"\.[a-z0-9]{1,5}", suffix) else default
 
 
-def _mask_frames(path: Path) -> int:
-    """How many frames a client's mask has: 1 for an image."""
+def _mask_frames(path: Path, settings: Settings) -> int:
+    """How many frames a client's mask has: 1 for a PNG or JPEG image.
+
+    An image's size is read from its header before it is decoded, and a video
+    mask is probed within the video limits, so a small mask cannot be a bomb.
+    """
     if path.stat().st_size == 0:
         raise InvalidInput("the mask file is empty (0 bytes)", field="mask")
-    image = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is not None:
+    size = media.image_size(path)
+    if size is not None:
+        if size[0] * size[1] > MAX_IMAGE_PIXELS:
+            raise InputTooLarge(
+                f"the mask image is {size[0]}x{size[1]}; at most {MAX_IMAGE_PIXELS} pixels",
+                field="mask",
+            )
+        if cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED) is None:
+            raise InvalidInput("the mask image could not be decoded", field="mask")
         return 1
     try:
-        return media.probe(path).frames
-    except InvalidInput as exc:
-        raise InvalidInput(
-            f"the mask is neither an image nor a video ({exc.message})", field="mask"
+        info = media.probe(
+            path,
+            max_width=settings.max_width,
+            max_height=settings.max_height,
+            max_frames=settings.max_frames,
+        )
+    except (InvalidInput, InputTooLarge) as exc:
+        raise type(exc)(
+            f"the mask is neither a PNG/JPEG image nor a usable video ({exc.message})",
+            field="mask",
         ) from exc
+    return info.frames
 
 
 def _from_job(spec: JobSpec, tenant: str, store: JobStore) -> Job:
@@ -231,7 +281,7 @@ def submit(
             raise InvalidSpec("only a remove job takes a mask", field="mask")
         if spec.classes:
             raise InvalidSpec("send either a mask or classes to segment, not both", field="mask")
-        frames = _mask_frames(sub.mask)
+        frames = _mask_frames(sub.mask, settings)
         if info is not None and frames not in (1, info.frames):
             raise InvalidInput(
                 f"the mask has {frames} frames and the video {info.frames}: send one mask frame "
