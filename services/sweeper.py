@@ -4,11 +4,10 @@ Every few seconds one process (whoever holds the sweep lock) looks at the jobs
 whose heartbeat is older than ``VOR_STALL_TIMEOUT_S``:
 
 - a job whose stage outlived ``VOR_STAGE_TIME_LIMIT_S`` is failed (``stage_timeout``);
-- a running job with no live stage lease lost its worker (killed, or its
-  messages were lost with the broker): its generation is bumped and the stages
-  it has not done are enqueued again; old copies of its messages become stale;
-- a queued job whose message is in no queue and in no worker's hands was lost
-  with the broker (``FLUSHALL``): it is enqueued again the same way.
+- a job with no live stage lease, no message waiting in a queue and no message
+  a worker took within that time lost its worker (killed) or its messages (the
+  broker lost its data): its generation is bumped and the stages it has not done
+  are enqueued again; old copies of its messages become stale.
 
 Each re-enqueue counts as a run of the stage, so an input that kills its worker
 every time fails after ``VOR_STAGE_MAX_RUNS`` instead of looping.
@@ -17,6 +16,7 @@ every time fails after ``VOR_STAGE_MAX_RUNS`` instead of looping.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -38,14 +38,30 @@ class SweepReport:
     waiting: list[str]
 
 
-def message_pending(broker: redis.Redis, job_id: str, queues: Iterable[str]) -> bool:
-    """Whether a message of the job waits in a queue or is held by a worker."""
-    needle = job_id.encode()
+JOB_ID = re.compile(rb"job_[0-9a-f]{20}")
+
+
+def jobs_with_messages(
+    broker: redis.Redis, queues: Iterable[str], *, held_for_less_than_s: float
+) -> set[str]:
+    """Jobs with a message waiting in a queue, or delivered to a worker recently.
+
+    A message a worker took long ago and never started (no stage lease) was most
+    likely taken by a worker that died: it does not count.
+    """
+    found: set[str] = set()
     for queue in queues:
         for key in broker.scan_iter(match=f"{queue}*", count=100):
-            if broker.type(key) == b"list" and any(needle in m for m in broker.lrange(key, 0, -1)):
-                return True
-    return any(needle in value for value in broker.hvals("unacked"))
+            if broker.type(key) == b"list":
+                for message in broker.lrange(key, 0, -1):
+                    found.update(m.decode() for m in JOB_ID.findall(message))
+    cutoff = time.time() - held_for_less_than_s
+    recent = {tag for tag, at in broker.zrangebyscore("unacked_index", cutoff, "+inf",
+                                                       withscores=True)}  # fmt: skip
+    for tag, message in broker.hscan_iter("unacked"):
+        if tag in recent:
+            found.update(m.decode() for m in JOB_ID.findall(message))
+    return found
 
 
 def sweep(
@@ -58,7 +74,13 @@ def sweep(
 ) -> SweepReport:
     report = SweepReport([], [], [])
     now = time.time()
-    for job_id in store.active_ids(older_than_s=settings.stall_timeout_s):
+    stale = store.active_ids(older_than_s=settings.stall_timeout_s)
+    if not stale:
+        return report
+    with_messages = jobs_with_messages(
+        broker, queues, held_for_less_than_s=settings.stall_timeout_s
+    )
+    for job_id in stale:
         job = store.get(job_id)
         if job is None or job.status.is_terminal():
             store.forget_active(job_id)
@@ -74,10 +96,7 @@ def sweep(
             store.finish(job_id, Status.failed, error=error, stage=job.stage)
             report.failed.append(job_id)
             continue
-        if store.has_live_lease(job_id):
-            store.touch(job_id)
-            continue
-        if job.status is Status.queued and message_pending(broker, job_id, queues):
+        if store.has_live_lease(job_id) or job_id in with_messages:
             store.touch(job_id)
             report.waiting.append(job_id)
             continue
