@@ -75,8 +75,16 @@ def _point_radius(width: int, height: int) -> int:
     return max(_MIN_POINT_RADIUS, int(round(_POINT_RADIUS_FRACTION * max(width, height))))
 
 
-def segment_seed(image: np.ndarray, seed: Seed) -> np.ndarray:
-    """The object's mask (bool HxW) on the annotation frame, by GrabCut from its seed."""
+def segment_seed(
+    image: np.ndarray, seed: Seed, neighbours: Sequence[np.ndarray] = ()
+) -> np.ndarray:
+    """The object's mask (bool HxW) on the annotation frame, by GrabCut from its seed.
+
+    With ``neighbours`` (the frames either side) and a box, the box is re-segmented
+    by motion: the pixels that follow the object between the frames rather than the
+    camera (GrabCut on a box alone takes the background between a bike's spokes and
+    misses thin parts).
+    """
     height, width = image.shape[:2]
     radius = _point_radius(width, height)
     trimap = np.full((height, width), cv2.GC_BGD, np.uint8)
@@ -98,9 +106,73 @@ def segment_seed(image: np.ndarray, seed: Seed) -> np.ndarray:
     if seed.box is not None and not mask.any():
         x, y, w, h = seed.box
         mask[y : y + h, x : x + w] = True
+    if seed.box is not None and neighbours and mask.any():
+        mask = _refine_by_motion(image, mask, seed.box, neighbours)
+        for px, py in seed.positive:
+            cv2.circle(mask.view(np.uint8), (px, py), radius, 1, -1)
+        for px, py in seed.negative:
+            cv2.circle(mask.view(np.uint8), (px, py), radius, 0, -1)
     if seed.positive:
         mask = _keep_components_with_points(mask, seed.positive)
     return mask
+
+
+def _refine_by_motion(
+    image: np.ndarray,
+    mask: np.ndarray,
+    box: tuple[int, int, int, int],
+    neighbours: Sequence[np.ndarray],
+) -> np.ndarray:
+    """The box's pixels that move with the object (GrabCut's ``mask``) rather than the camera."""
+    height, width = mask.shape
+    x, y, w, h = box
+    in_box = np.zeros_like(mask)
+    in_box[y : y + h, x : x + w] = True
+    crop = (slice(y, y + h), slice(x, x + w))
+    here = image[crop].astype(np.float32)
+    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    grid = np.dstack(np.meshgrid(np.arange(width), np.arange(height))).astype(np.float32)
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+    object_errors, background_errors = [], []
+    for other in neighbours:
+        other_gray = cv2.cvtColor(other, cv2.COLOR_BGR2GRAY)
+        camera = _background_motion(dis.calc(gray, other_gray, None), grid, _grow(in_box, 4))
+        matched = _match_translation(mask, gray, other_gray, np.zeros(2))
+        if camera is None or matched is None:
+            continue
+        back = cv2.invertAffineTransform(matched)
+        as_object = cv2.warpAffine(other, back, (width, height), borderMode=cv2.BORDER_REPLICATE)
+        object_errors.append(np.abs(here - as_object[crop]).sum(axis=2))
+        background_errors.append(_camera_error(here, other, camera, crop))
+    if not object_errors:
+        return mask
+    window = (_RESIDUAL_WINDOW, _RESIDUAL_WINDOW)
+    object_error = cv2.blur(np.min(object_errors, axis=0), window)
+    background_error = cv2.blur(np.min(background_errors, axis=0), window)
+    motion = (background_error - object_error) / (background_error + object_error + _RESIDUAL_FLOOR)
+    evidence = motion + 0.1 * np.where(mask[crop], 1.0, -1.0) + 0.1
+    belief = evidence + _SMOOTHING * cv2.GaussianBlur(np.tanh(3 * evidence), (0, 0), 1.5)
+    refined = np.zeros_like(mask)
+    refined[crop] = belief > 0
+    return _snap(image, refined) if refined.any() else mask
+
+
+_SNAP = 2
+
+
+def _snap(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``mask`` with its edge moved to the nearest colour edge, by GrabCut in a thin band.
+
+    The motion evidence is pooled over a few pixels, so it bleeds past the object's edge.
+    """
+    if not _SNAP or not mask.any():
+        return mask
+    trimap = np.full(mask.shape, cv2.GC_BGD, np.uint8)
+    trimap[_grow(mask, _SNAP)] = cv2.GC_PR_BGD
+    trimap[mask] = cv2.GC_PR_FGD
+    trimap[_shrink(mask, _SNAP)] = cv2.GC_FGD
+    snapped = _grabcut(image, trimap, iterations=1, pad=8)
+    return snapped if snapped.sum() >= 0.5 * mask.sum() else mask
 
 
 def _region_around_points(
@@ -183,67 +255,226 @@ def _keep_components_with_points(mask: np.ndarray, points: Sequence[tuple[int, i
 class MaskTracker:
     """Carries object masks from frame to frame and re-segments them on each new frame.
 
-    The carry uses each object's own motion (a similarity transform fitted to the
-    flow inside its eroded mask), not the dense flow at its edge, where the flow
-    is dragged by the background. The re-segmentation is GrabCut on a band around
-    the carried mask, told by the motion which band pixels move with the
-    background (and so cannot be the object).
+    Each new frame is segmented around the object's predicted place (its last mask
+    moved by its own translation, found by matching its pixels) from three cues:
+
+    - motion: which explains the pixel better, the object's translation from the
+      previous frame or the camera's homography (fitted to the flow outside the
+      objects) from the previous or the upcoming frame; taking the better of the two
+      neighbours for the camera removes the ghost an object leaves where it uncovers
+      the background;
+    - colour: a histogram of the object against a ring of background around it, from
+      the annotation frame (colours seen in neither count for neither);
+    - shape: the predicted mask, fading out a few pixels beyond its edge.
+
+    Their sum is smoothed by a few mean-field passes and thresholded. When the
+    result shrinks sharply (a tree passing in front), the prediction, not the
+    occluded remnant, is carried to the next frame, so the object comes back whole.
     """
 
     def __init__(self, image: np.ndarray, masks: Sequence[np.ndarray]) -> None:
         self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+        self._image = image
         self._gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        self._masks = [m.astype(bool) for m in masks]
-        self._areas = [max(1, int(m.sum())) for m in self._masks]
-        self._velocity: list[np.ndarray | None] = [None] * len(self._masks)
         height, width = self._gray.shape
         self._grid = np.dstack(np.meshgrid(np.arange(width), np.arange(height))).astype(np.float32)
+        self._objects = [_Object.start(image, m.astype(bool)) for m in masks]
 
     @property
     def masks(self) -> list[np.ndarray]:
-        return self._masks
+        return [o.visible for o in self._objects]
 
-    def step(self, image: np.ndarray) -> list[np.ndarray]:
+    def step(self, image: np.ndarray, upcoming: np.ndarray | None = None) -> list[np.ndarray]:
+        """The masks on ``image`` (the next frame); ``upcoming`` is the frame after it."""
         gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        forward = self._dis.calc(self._gray, gray, None)
-        backward = self._dis.calc(gray, self._gray, None)
         union = np.zeros(gray.shape, bool)
-        for mask in self._masks:
-            union |= mask
-        background = _background_motion(backward, self._grid, _grow(union, 6))
-        masks = []
-        for index, (mask, area) in enumerate(zip(self._masks, self._areas, strict=True)):
-            carried, motion, self._velocity[index] = _carry(
-                mask, forward, gray.shape, self._velocity[index], self._gray, gray
-            )
-            if not carried.any():
-                masks.append(carried)
-                continue
-            cue = _motion_cue(backward, self._grid, motion, background)
-            masks.append(self._refine(image, carried, cue, area))
-        self._gray = gray
-        self._masks = masks
-        return masks
+        for obj in self._objects:
+            union |= obj.carried
+        zone = _grow(union, 8)
+        camera_prev = _background_motion(self._dis.calc(gray, self._gray, None), self._grid, zone)
+        camera_next = None
+        if upcoming is not None:
+            after = cv2.cvtColor(upcoming, cv2.COLOR_BGR2GRAY)
+            camera_next = _background_motion(self._dis.calc(gray, after, None), self._grid, zone)
+        for obj in self._objects:
+            obj.step(self._image, self._gray, image, gray, (camera_prev, upcoming, camera_next))
+        self._image, self._gray = image, gray
+        return self.masks
 
-    def _refine(
-        self, image: np.ndarray, carried: np.ndarray, cue: np.ndarray | None, area: int
-    ) -> np.ndarray:
-        size = np.sqrt(max(area, int(carried.sum())))
-        band = _grow(carried, max(2, int(round(0.25 * size))))
-        trimap = np.full(carried.shape, cv2.GC_BGD, np.uint8)
-        trimap[band] = cv2.GC_PR_BGD
-        trimap[carried] = cv2.GC_PR_FGD
-        core = _shrink(carried, max(1, int(round(0.08 * size))))
-        if cue is not None:
-            trimap[core & (cue > -0.5)] = cv2.GC_FGD
-            trimap[band & (cue < -0.8)] = cv2.GC_BGD
+
+_MOTION_WEIGHT = 1.0
+_COLOUR_WEIGHT = 0.5
+_SHAPE_WEIGHT = 0.5
+_SHAPE_REACH = 8.0
+_RESIDUAL_WINDOW = 5
+_RESIDUAL_FLOOR = 20.0
+_SMOOTHING = 0.8
+_OCCLUDED = 0.5
+_BINS = 16
+
+
+@dataclass
+class _Object:
+    """One tracked object: its visible mask, the mask carried on, its motion and colours."""
+
+    visible: np.ndarray
+    carried: np.ndarray
+    area: float
+    velocity: np.ndarray | None
+    colour: np.ndarray
+
+    @classmethod
+    def start(cls, image: np.ndarray, mask: np.ndarray) -> _Object:
+        ring = _grow(mask, 25) & ~_grow(mask, 3)
+        colour = _colour_odds(image, mask, ring)
+        return cls(mask, mask, float(max(1, mask.sum())), None, colour)
+
+    def step(
+        self,
+        before: np.ndarray,
+        before_gray: np.ndarray,
+        image: np.ndarray,
+        gray: np.ndarray,
+        camera: tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None],
+    ) -> None:
+        if not self.carried.any():
+            self.visible = self.carried
+            return
+        height, width = gray.shape
+        shift = self._shift(before_gray, gray)
+        moved = np.float32([[1, 0, shift[0]], [0, 1, shift[1]]])
+        predicted = cv2.warpAffine(self.carried.astype(np.uint8), moved, (width, height)) > 0
+        if not predicted.any():
+            predicted = self.carried
+        margin = int(max(8, 0.3 * np.sqrt(self.area)))
+        ys, xs = np.nonzero(predicted)
+        y0, y1 = max(0, ys.min() - margin), min(height, ys.max() + margin + 1)
+        x0, x1 = max(0, xs.min() - margin), min(width, xs.max() + margin + 1)
+        crop = (slice(y0, y1), slice(x0, x1))
+        motion = _motion_evidence(image, before, moved, camera, crop)
+        if camera[2] is None:
+            # No frame after this one to tell the uncovered background from the object:
+            # motion may only take away from the prediction.
+            motion = np.where(predicted[crop], motion, np.minimum(motion, 0.0))
+        colour = self.colour[_colour_bins(image[crop])]
+        inside = predicted[crop].astype(np.uint8)
+        outside = cv2.distanceTransform(1 - inside, cv2.DIST_L2, 3)
+        shape = np.where(inside > 0, 1.0, 1.0 - 2.0 * np.minimum(outside / _SHAPE_REACH, 1.0))
+        evidence = _MOTION_WEIGHT * motion + _COLOUR_WEIGHT * colour + _SHAPE_WEIGHT * shape
+        found = np.zeros((height, width), bool)
+        found[crop] = _smooth_decision(evidence.astype(np.float32))
+        found = _keep_touching(_snap(image, found), predicted)
+        got = int(found.sum())
+        if got < _OCCLUDED * predicted.sum():
+            self.carried = predicted
         else:
-            trimap[core] = cv2.GC_FGD
-        refined = _grabcut(image, trimap, iterations=2, pad=max(8, int(0.5 * size)))
-        got = int(refined.sum())
-        if got < 0.6 * carried.sum() or got > 1.8 * carried.sum():
-            return carried
-        return refined
+            self.carried = found
+            self.area = 0.8 * self.area + 0.2 * got
+        self.visible = found
+
+    def _shift(self, before_gray: np.ndarray, gray: np.ndarray) -> np.ndarray:
+        """The object's translation (dx, dy) since the last frame.
+
+        A match that would jerk the object far from its last velocity is taken to be an
+        occluder's (a tree passing in front) and replaced by that velocity: objects keep
+        their momentum, occluders come and go.
+        """
+        template = self.visible if self.visible.sum() > 0.3 * self.area else self.carried
+        guess = self.velocity if self.velocity is not None else np.zeros(2)
+        matched = _match_translation(template, before_gray, gray, guess)
+        shift = matched[:, 2] if matched is not None else guess
+        last = self.velocity
+        if last is not None and np.linalg.norm(shift - last) > 3.0 + 0.5 * np.linalg.norm(last):
+            shift = last
+        self.velocity = shift if last is None else 0.5 * shift + 0.5 * last
+        return shift
+
+
+def _motion_evidence(
+    image: np.ndarray,
+    before: np.ndarray,
+    moved: np.ndarray,
+    camera: tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None],
+    crop: tuple[slice, slice],
+) -> np.ndarray:
+    """Per pixel of the crop, +1 (moves like the object) .. -1 (moves like the camera's view).
+
+    The object's hypothesis is the previous frame moved by the object's translation;
+    the camera's is the previous or the upcoming frame moved by the camera's homography,
+    whichever fits better (the previous frame alone shows the background the object
+    just uncovered as "not background").
+    """
+    camera_prev, upcoming, camera_next = camera
+    height, width = image.shape[:2]
+    here = image[crop].astype(np.float32)
+    as_object = cv2.warpAffine(before, moved, (width, height), borderMode=cv2.BORDER_REPLICATE)
+    object_error = np.abs(here - as_object[crop]).sum(axis=2)
+    background_error = _camera_error(here, before, camera_prev, crop)
+    if upcoming is not None and camera_next is not None:
+        background_error = np.minimum(
+            background_error, _camera_error(here, upcoming, camera_next, crop)
+        )
+    window = (_RESIDUAL_WINDOW, _RESIDUAL_WINDOW)
+    object_error = cv2.blur(object_error, window)
+    background_error = cv2.blur(background_error, window)
+    return (background_error - object_error) / (background_error + object_error + _RESIDUAL_FLOOR)
+
+
+def _camera_error(
+    here: np.ndarray, other: np.ndarray, camera: np.ndarray | None, crop: tuple[slice, slice]
+) -> np.ndarray:
+    """Per pixel of the crop, how far ``other`` moved by the camera is from this frame."""
+    height, width = other.shape[:2]
+    seen = other
+    if camera is not None:
+        seen = cv2.warpPerspective(
+            other,
+            camera,
+            (width, height),
+            flags=cv2.WARP_INVERSE_MAP | cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+    return np.abs(here - seen[crop].astype(np.float32)).sum(axis=2)
+
+
+def _colour_bins(image: np.ndarray) -> np.ndarray:
+    q = (image // (256 // _BINS)).astype(np.int32)
+    return (q[..., 0] * _BINS + q[..., 1]) * _BINS + q[..., 2]
+
+
+def _colour_odds(image: np.ndarray, inside: np.ndarray, outside: np.ndarray) -> np.ndarray:
+    """Per colour bin, -1 (background's colour) .. +1 (the object's), from two regions."""
+    bins = _colour_bins(image)
+    odds = []
+    seen = np.zeros(_BINS**3, bool)
+    for region in (inside, outside):
+        counts = np.bincount(bins[region], minlength=_BINS**3).astype(np.float32)
+        seen |= counts > 0
+        counts = cv2.GaussianBlur(counts.reshape(_BINS, _BINS * _BINS), (3, 3), 0).ravel()
+        odds.append(np.log(counts / max(float(counts.sum()), 1.0) + 1e-4))
+    # A colour neither region has shows no preference: the blur alone would give the
+    # background colours the object meets later (unseen in the annotation frame's ring)
+    # the odds of the object colours beside them, and the mask would grow into them.
+    odds_of_seen = np.clip(odds[0] - odds[1], -3, 3) / 3
+    return np.where(seen, odds_of_seen, 0.0).astype(np.float32)
+
+
+def _smooth_decision(evidence: np.ndarray, passes: int = 3) -> np.ndarray:
+    """Pixels with positive evidence after a few mean-field passes (neighbours agree)."""
+    belief = evidence
+    for _ in range(passes):
+        belief = evidence + _SMOOTHING * cv2.GaussianBlur(np.tanh(belief), (0, 0), 2.0)
+    return belief > 0
+
+
+def _keep_touching(found: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """The components of ``found`` that cover at least 2% of the prediction."""
+    count, labels = cv2.connectedComponents(found.astype(np.uint8), connectivity=8)
+    if count <= 1:
+        return found
+    overlap = np.bincount(labels[predicted], minlength=count)
+    keep = np.nonzero(overlap >= 0.02 * predicted.sum())[0]
+    return np.isin(labels, keep[keep > 0])
 
 
 def _grow(mask: np.ndarray, pixels: int) -> np.ndarray:
@@ -254,57 +485,6 @@ def _grow(mask: np.ndarray, pixels: int) -> np.ndarray:
 def _shrink(mask: np.ndarray, pixels: int) -> np.ndarray:
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * pixels + 1, 2 * pixels + 1))
     return cv2.erode(mask.astype(np.uint8), kernel).astype(bool)
-
-
-def _carry(
-    mask: np.ndarray,
-    forward: np.ndarray,
-    shape: tuple[int, int],
-    velocity: np.ndarray | None,
-    before: np.ndarray,
-    after: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """The mask moved by its own motion, that motion (2x3, prev -> cur) and its new velocity.
-
-    A fitted motion that would jerk the object's centre far from its last velocity
-    is taken to be an occluder's (a tree passing in front) and replaced by that
-    velocity: objects keep their momentum, occluders come and go. A plain
-    translation found by matching the object's pixels is preferred when it fits
-    them better (flat objects have little flow inside).
-    """
-    core = _shrink(mask, 2)
-    if core.sum() < 12:
-        core = mask
-    ys, xs = np.nonzero(core)
-    if len(xs) < 3:
-        return mask.copy(), None, velocity
-    step = max(1, len(xs) // 400)
-    src = np.column_stack([xs[::step], ys[::step]]).astype(np.float32)
-    dst = src + forward[ys[::step], xs[::step]]
-    motion, _ = cv2.estimateAffinePartial2D(
-        src, dst, method=cv2.RANSAC, ransacReprojThreshold=1.5, maxIters=200
-    )
-    if motion is None:
-        shift = np.median(dst - src, axis=0)
-        motion = np.array([[1, 0, shift[0]], [0, 1, shift[1]]], np.float64)
-    centre = np.array([xs.mean(), ys.mean(), 1.0])
-    shift = motion @ centre - centre[:2]
-    matched = _match_translation(mask, before, after, shift)
-    if matched is not None and _misfit(mask, before, after, matched) < _misfit(
-        mask, before, after, motion
-    ):
-        motion = matched
-        shift = motion[:, 2].copy()
-    if velocity is not None and np.linalg.norm(shift - velocity) > 3.0 + 0.5 * np.linalg.norm(
-        velocity
-    ):
-        motion = np.array([[1, 0, velocity[0]], [0, 1, velocity[1]]], np.float64)
-        shift = velocity
-    height, width = shape
-    warped = cv2.warpAffine(
-        mask.astype(np.float32), motion, (width, height), flags=cv2.INTER_LINEAR
-    )
-    return warped >= 0.5, motion, shift
 
 
 def _match_translation(
@@ -327,16 +507,6 @@ def _match_translation(
     return np.array([[1, 0, dx], [0, 1, dy]], np.float64)
 
 
-def _misfit(mask: np.ndarray, before: np.ndarray, after: np.ndarray, motion: np.ndarray) -> float:
-    """Mean absolute difference of the object's pixels moved by ``motion`` from the new frame."""
-    height, width = mask.shape
-    moved = cv2.warpAffine(before, motion, (width, height), flags=cv2.INTER_LINEAR)
-    where = cv2.warpAffine(mask.astype(np.uint8), motion, (width, height)) > 0
-    if not where.any():
-        return float("inf")
-    return float(np.abs(moved[where].astype(np.float32) - after[where]).mean())
-
-
 def _background_motion(
     backward: np.ndarray, grid: np.ndarray, objects: np.ndarray
 ) -> np.ndarray | None:
@@ -351,33 +521,6 @@ def _background_motion(
     dst = src + backward[ys[keep], xs[keep]]
     homography, _ = cv2.findHomography(src, dst, cv2.RANSAC, 2.0, maxIters=200)
     return homography
-
-
-def _motion_cue(
-    backward: np.ndarray,
-    grid: np.ndarray,
-    motion: np.ndarray | None,
-    background: np.ndarray | None,
-) -> np.ndarray | None:
-    """Per pixel of the new frame, -1 (moves like the background) .. +1 (moves like the object).
-
-    None when the two motions are too alike to tell apart.
-    """
-    if motion is None or background is None:
-        return None
-    inverse = cv2.invertAffineTransform(motion)
-    height, width = backward.shape[:2]
-    seen = grid + backward
-    as_object = cv2.transform(grid.reshape(-1, 1, 2), inverse).reshape(height, width, 2)
-    as_background = cv2.perspectiveTransform(grid.reshape(-1, 1, 2), background).reshape(
-        height, width, 2
-    )
-    separation = np.linalg.norm(as_object - as_background, axis=2)
-    if float(np.median(separation)) < 1.5:
-        return None
-    to_object = np.linalg.norm(seen - as_object, axis=2)
-    to_background = np.linalg.norm(seen - as_background, axis=2)
-    return np.clip((to_object - to_background) / np.maximum(separation, 1.0), -1.0, 1.0) * -1.0
 
 
 def id_map(masks: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from services.engines.base import Engine, no_progress
 from services.engines.local import LocalEngine, working_size
 from services.errors import InvalidInput, UnsupportedPrompt
+from services.inpaint import VideoEraser, telea
 from services.media import probe, read_frames, video_size, write_video
 from services.models import ClassPrompt
 from services.synthetic import SyntheticClip, make_clip
@@ -154,5 +157,97 @@ def test_bmx_trees_from_first_frame(tmp_path: Path) -> None:
     elapsed = time.perf_counter() - start
     ids = list(read_frames(seg.mask_path, "gray"))
     j = np.mean([_iou(m == 1, t) for m, t in zip(ids, truth, strict=True)])
-    assert j >= 0.2, (j, elapsed)
+    # 0.46 measured (bench/quality.py); the old flow+GrabCut tracker reached 0.28.
+    assert j >= 0.40, (j, elapsed)
     assert elapsed < 20
+
+
+def _panned(frames: int, width: int = 160, height: int = 96, step: int = 3) -> list[np.ndarray]:
+    """A textured scene the camera pans across, ``step`` pixels a frame."""
+    rng = np.random.default_rng(3)
+    scene = cv2.GaussianBlur(
+        rng.integers(0, 256, (height, width + step * frames, 3), dtype=np.uint8), (0, 0), 2.0
+    )
+    return [np.ascontiguousarray(scene[:, t * step : t * step + width]) for t in range(frames)]
+
+
+def _hole_psnr(results: list[np.ndarray], truth: list[np.ndarray], hole: np.ndarray) -> float:
+    err = np.mean(
+        [
+            ((r.astype(float) - t.astype(float))[hole] ** 2).mean()
+            for r, t in zip(results, truth, strict=True)
+        ]
+    )
+    return float(10 * np.log10(255.0**2 / max(err, 1e-10)))
+
+
+@pytest.mark.timeout(30)
+def test_erase_fills_a_static_hole_from_a_panning_camera() -> None:
+    truth = _panned(14, step=5)
+    hole = np.zeros(truth[0].shape[:2], bool)
+    hole[30:66, 60:96] = True  # 36 px wide: every pixel is seen within 8 frames
+    cut = []
+    for image in truth:
+        image = image.copy()
+        image[hole] = (255, 0, 255)
+        cut.append(image)
+    ours = list(VideoEraser(radius=8).run(iter(cut), iter([hole] * len(cut))))
+    assert len(ours) == len(cut) and all(o.shape == c.shape for o, c in zip(ours, cut, strict=True))
+    spatial = [telea(image, hole) for image in cut]
+    assert _hole_psnr(ours, truth, hole) >= _hole_psnr(spatial, truth, hole) + 10.0
+    for image, original in zip(ours, cut, strict=True):
+        assert np.array_equal(image[~hole], original[~hole])
+
+
+@pytest.mark.timeout(30)
+def test_erase_never_copies_masked_pixels() -> None:
+    """A static camera and a static hole: no frame saw behind it, so nothing may come from it."""
+    scene = _panned(1, step=0)[0]
+    hole = np.zeros(scene.shape[:2], bool)
+    hole[20:60, 40:100] = True
+    frames = []
+    for t in range(10):
+        image = scene.copy()
+        image[hole] = (255, 0, 255) if t % 2 else (0, 255, 0)
+        frames.append(image)
+    for image in VideoEraser(radius=3).run(iter(frames), iter([hole] * len(frames))):
+        inside = image[hole].astype(int)
+        assert not ((inside[:, 0] > 200) & (inside[:, 1] < 60) & (inside[:, 2] > 200)).any()
+        assert not ((inside[:, 1] > 200) & (inside[:, 0] < 60) & (inside[:, 2] < 60)).any()
+
+
+def test_erase_holds_a_bounded_window() -> None:
+    radius = 3
+    pulled = 0
+
+    def frames() -> Iterator[np.ndarray]:
+        nonlocal pulled
+        for image in _panned(20, width=64, height=48):
+            pulled += 1
+            yield image
+
+    hole = np.zeros((48, 64), bool)
+    hole[10:20, 10:20] = True
+    for emitted, _ in enumerate(VideoEraser(radius=radius).run(frames(), iter([hole] * 20)), 1):
+        assert pulled - emitted <= radius
+    assert emitted == 20
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not (DATA / "running-car").exists(), reason="shared data absent")
+def test_running_car_square_hole_beats_telea() -> None:
+    """Camera motion dominates: the homography alignment must beat spatial inpainting clearly."""
+    folder = DATA / "running-car"
+    truth = [
+        cv2.resize(f, (432, 240), interpolation=cv2.INTER_AREA)
+        for _, f in zip(range(40), read_frames(folder / "running_car.mp4"), strict=False)
+    ]
+    square = cv2.imread(str(folder / "mask_square.png"), cv2.IMREAD_GRAYSCALE) > 127
+    cut = []
+    for image in truth:
+        image = image.copy()
+        image[square] = 0
+        cut.append(image)
+    ours = list(VideoEraser().run(iter(cut), iter([square] * len(cut))))
+    spatial = [telea(image, square) for image in cut]
+    assert _hole_psnr(ours, truth, square) >= _hole_psnr(spatial, truth, square) + 3.0

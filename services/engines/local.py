@@ -72,7 +72,12 @@ class LocalEngine:
             frames = count
             anchor = store[prompt.frame_index]
             seeds = seeds_from_prompt(prompt, width, height)
-            masks = [segment_seed(anchor, seed) for seed in seeds]
+            beside = [
+                store[i]
+                for i in (prompt.frame_index - 1, prompt.frame_index + 1)
+                if 0 <= i < frames
+            ]
+            masks = [segment_seed(anchor, seed, beside) for seed in seeds]
             ids[prompt.frame_index] = id_map(masks, (height, width))
             done = 1
             for order in (
@@ -81,7 +86,9 @@ class LocalEngine:
             ):
                 tracker = MaskTracker(anchor, masks)
                 for index in order:
-                    ids[index] = id_map(tracker.step(store[index]), (height, width))
+                    after = index + order.step
+                    upcoming = store[after] if 0 <= after < frames else None
+                    ids[index] = id_map(tracker.step(store[index], upcoming), (height, width))
                     done += 1
                     if done % _PROGRESS_EVERY == 0:
                         progress(0.95 * done / frames)
