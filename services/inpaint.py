@@ -1,22 +1,27 @@
 """Video erasure: fill the masked region of every frame from the frames that saw it.
 
-Flow-guided completion, streamed through a sliding window of frames:
+Camera-aligned completion, streamed through a sliding window of frames:
 
-1. Between consecutive frames, dense optical flow (DIS) both ways. Inside each
-   frame's hole the flow describes the thing being removed (or nothing at all),
-   so it is replaced there by a smooth fill of the flow around the hole
-   (normalised convolution): the background's motion, continued into the hole.
-2. For a target frame, every hole pixel is followed along the completed flows
-   to the nearest frames forward and backward; the first frame where it lands
-   outside that frame's own hole gives its colour. Masked pixels of a source
-   frame are never used. Each side's copy is shifted by a smooth offset so it
-   meets the frame at the hole's edge (a membrane blend), then the two sides
-   are blended, nearer frames weighing more.
-3. Where the two sides disagree (the flow could not be trusted: heavy blur,
-   zoom), the copy gives way to spatial inpainting (Telea); pixels no frame in
-   the window saw are inpainted spatially too.
+1. Between consecutive frames, a homography from corners tracked outside both
+   holes (pyramidal Lucas-Kanade, checked forward and backward, RANSAC; a
+   similarity transform when too few corners survive). Chained, these align any
+   frame of the window to any other. Under zoom, rotation and blur this holds far
+   better than dense flow, which the hole and the blur both corrupt.
+2. For a target frame, each direction (back, forward) takes candidate frames
+   nearest first (distance 1, 2, 3, ...). A candidate is aligned to the target,
+   matched to it by a per-channel gain and offset fitted on a ring around the
+   hole, and shifted by the ring's remaining residual spread smoothly over the
+   hole (a membrane blend: exposure changes and small misalignments do not show
+   as seams). A hole pixel is copied from the first ``_PER_SIDE`` candidates of
+   each direction that saw it (inside that frame and outside that frame's own
+   hole, so masked pixels are never copied), blended with weights that fall with
+   distance and with the ring's residual near that pixel: where the camera model
+   fits badly (parallax, an object moving on its own), the better-fitting copy
+   wins. Candidates fitting far worse than the best one are skipped.
+3. Pixels no frame in the window saw are inpainted spatially (Telea) from the
+   filled result.
 
-Only ``2 * radius + 1`` frames with their flows are held at once.
+Only ``2 * radius + 1`` frames are held at once.
 """
 
 from __future__ import annotations
@@ -28,10 +33,23 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-_FLOW_MARGIN = 4
-_RING = 3
-"""Width of the band around a hole that anchors the seam correction."""
-"""Pixels around a hole whose flow is also distrusted (the flow bleeds over edges)."""
+_RING = 4
+"""Width of the band around a hole that anchors colour correction and the seam."""
+_FEATURE_MARGIN = 6
+"""Corners closer than this to a hole are not tracked (their patches overlap it)."""
+_MAX_CORNERS = 300
+_LK = {
+    "winSize": (21, 21),
+    "maxLevel": 4,
+    "criteria": (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03),
+}
+_MIN_INLIERS = 12
+_SIGMA = 12.0
+"""Largest smoothing (pixels) of the seam correction."""
+_CELL = 4
+"""Grid cell (pixels) the seam correction is computed on."""
+_PER_SIDE = 2
+"""Frames each way a hole pixel is copied from (nearest first) before the sides are blended."""
 
 
 def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
@@ -49,72 +67,27 @@ def telea(image: np.ndarray, hole: np.ndarray, radius: int = 5) -> np.ndarray:
     return cv2.inpaint(image, hole.astype(np.uint8) * 255, radius, cv2.INPAINT_TELEA)
 
 
-def _smooth_fill(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
-    """``image`` with ``hole`` replaced by a blur of its surroundings.
-
-    Flow is computed on this: a hole's hard edges (black, or the removed object)
-    would otherwise pull the flow around it towards the hole's own motion.
-    """
-    if not hole.any():
-        return image
-    values = image.astype(np.float32)
-    filled = complete_flow(values[..., None], hole, margin=0)[..., 0]
-    return np.clip(filled + 0.5, 0, 255).astype(np.uint8)
-
-
-def complete_flow(flow: np.ndarray, hole: np.ndarray, margin: int = _FLOW_MARGIN) -> np.ndarray:
-    """The field with its values inside ``hole`` replaced by a smooth fill from around it.
-
-    Normalised convolution at a quarter of the size: cheap, and smooth enough for a
-    motion field or a flow-only stand-in for the hole's colours.
-    """
-    if not hole.any():
-        return flow
-    distrust = dilate(hole, margin)
-    height, width = hole.shape
-    ys, xs = np.nonzero(distrust)
-    extent = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
-    factor = 4 if min(height, width) >= 64 else 1
-    small = (max(1, width // factor), max(1, height // factor))
-    weight = cv2.resize((~distrust).astype(np.float32), small, interpolation=cv2.INTER_AREA)
-    values = cv2.resize(flow * (~distrust)[..., None], small, interpolation=cv2.INTER_AREA)
-    sigma = max(1.0, extent / factor / 2.0)
-    blurred_weight = cv2.GaussianBlur(weight, (0, 0), sigma)
-    blurred_values = cv2.GaussianBlur(values, (0, 0), sigma)
-    if blurred_values.ndim == 2:
-        blurred_values = blurred_values[..., None]
-    smooth = blurred_values / np.maximum(blurred_weight, 1e-4)[..., None]
-    channels = flow.shape[2]
-    outside = flow[~distrust]
-    smooth[blurred_weight < 1e-4] = outside.mean(axis=0) if len(outside) else np.zeros(channels)
-    filled = cv2.resize(smooth, (width, height), interpolation=cv2.INTER_LINEAR)
-    filled = filled.reshape(height, width, channels)
-    out = flow.copy()
-    out[distrust] = filled[distrust]
-    return out
-
-
 @dataclass
 class _Slot:
     image: np.ndarray
     hole: np.ndarray
-    gray: np.ndarray
     guard: np.ndarray
     """The hole grown by a pixel: bilinear samples here would mix in hole pixels."""
-    forward: np.ndarray | None = None
-    """Completed flow from this frame to the next one."""
-    backward: np.ndarray | None = None
-    """Completed flow from this frame to the previous one."""
+    gray: np.ndarray
+    corners: np.ndarray | None
+    """Corners outside the hole, (N, 1, 2) float32, for alignment."""
+    to_next: np.ndarray | None = None
+    """Homography from this frame's coordinates to the next frame's; None if tracking failed."""
 
 
 class VideoEraser:
     """Streams frames and holes in, filled frames out, holding ``2 * radius + 1`` frames."""
 
-    def __init__(self, *, radius: int = 8, telea_radius: int = 5, trust: float = 12.0) -> None:
+    def __init__(self, *, radius: int = 8, telea_radius: int = 5, tolerance: float = 5.0) -> None:
         self.radius = radius
-        self.trust = trust
         self.telea_radius = telea_radius
-        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+        self.tolerance = tolerance
+        """A candidate whose ring error exceeds ``tolerance`` times the best one's is skipped."""
 
     def run(
         self, frames: Iterable[np.ndarray], holes: Iterable[np.ndarray]
@@ -124,10 +97,10 @@ class VideoEraser:
         target = 0
         for image, hole in zip(frames, holes, strict=True):
             hole = hole.astype(bool)
-            gray = _smooth_fill(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), hole)
-            slot = _Slot(image, hole, gray, dilate(hole, 1))
+            gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+            slot = _Slot(image, hole, dilate(hole, 1), gray, _corners(gray, hole))
             if window:
-                self._link(window[-1], slot)
+                window[-1].to_next = _track(window[-1], slot)
             window.append(slot)
             while target - first > self.radius:
                 window.popleft()
@@ -139,112 +112,182 @@ class VideoEraser:
             yield self._fill(window, target - first)
             target += 1
 
-    def _link(self, before: _Slot, after: _Slot) -> None:
-        forward = self._dis.calc(before.gray, after.gray, None)
-        backward = self._dis.calc(after.gray, before.gray, None)
-        before.forward = complete_flow(forward, before.hole)
-        after.backward = complete_flow(backward, after.hole)
-
     def _fill(self, window: deque[_Slot], index: int) -> np.ndarray:
         slot = window[index]
         if not slot.hole.any():
             return slot.image.copy()
-        ring = dilate(slot.hole, _RING) & ~slot.guard
-        ys, xs = np.nonzero(slot.hole | ring)
-        in_hole = slot.hole[ys, xs]
-        start = np.column_stack([xs, ys]).astype(np.float32)
-        known = slot.image[ys, xs].astype(np.float32)
-        sides = []
-        for direction in (1, -1):
-            colours, distance = _follow(window, index, start, direction, self.radius)
-            found = distance > 0
-            colours += _seam_correction(slot.hole.shape, xs, ys, in_hole, found, known - colours)
-            sides.append((colours, found, distance))
-        (ahead, found_ahead, far_ahead), (behind, found_behind, far_behind) = sides
-        weight_ahead = np.where(found_ahead, 1.0 / np.maximum(far_ahead, 1), 0.0)
-        weight_behind = np.where(found_behind, 1.0 / np.maximum(far_behind, 1), 0.0)
-        total = np.maximum(weight_ahead + weight_behind, 1e-6)
-        temporal = (ahead * weight_ahead[:, None] + behind * weight_behind[:, None]) / total[
-            :, None
-        ]
-        both = found_ahead & found_behind
-        disagreement = np.where(both, np.abs(ahead - behind).mean(axis=1), 0.0)
-        trust = np.exp(-((disagreement / self.trust) ** 2))
-        trust[~(found_ahead | found_behind)] = 0.0
-        trust_map = np.zeros(slot.hole.shape, np.float32)
-        trust_map[ys, xs] = trust
-        trust_map = cv2.GaussianBlur(trust_map, (0, 0), 2.0)
-        trust = trust_map[ys, xs][in_hole]
-        spatial = telea(slot.image, slot.hole, self.telea_radius)
-        base = spatial[ys[in_hole], xs[in_hole]].astype(np.float32)
-        fill = trust[:, None] * temporal[in_hole] + (1.0 - trust[:, None]) * base
-        out = spatial
-        out[ys[in_hole], xs[in_hole]] = np.clip(fill + 0.5, 0, 255).astype(np.uint8)
+        ring_y, ring_x = np.nonzero(dilate(slot.hole, _RING) & ~slot.guard)
+        hole_y, hole_x = np.nonzero(slot.hole)
+        ring = _homogeneous(ring_x, ring_y)
+        inner = _homogeneous(hole_x, hole_y)
+        known = slot.image[ring_y, ring_x].astype(np.float32)
+        membrane = _Membrane(slot.hole.shape, ring_x, ring_y, hole_x, hole_y)
+        count = len(hole_x)
+        blend = np.zeros((count, 3), np.float32)
+        total = np.zeros(count, np.float32)
+        best_error = np.inf
+        for direction in (-1, 1):
+            chain = np.eye(3)
+            pending = np.arange(count)
+            used = np.zeros(count, np.int32)
+            for distance in range(1, self.radius + 1):
+                other = index + direction * distance
+                if other < 0 or other >= len(window) or not pending.size:
+                    break
+                link = window[other - 1].to_next if direction > 0 else window[other].to_next
+                if link is None:
+                    break
+                chain = (link if direction > 0 else np.linalg.inv(link)) @ chain
+                source = window[other]
+                seen, where = _project(inner[pending], chain, source.guard)
+                if not seen.any():
+                    continue
+                anchors, ring_where = _project(ring, chain, source.guard)
+                gain, offset, residual, error = _match(
+                    _sample(source.image, ring_where), known[anchors]
+                )
+                if error > self.tolerance * best_error + 2.0:
+                    continue
+                best_error = min(best_error, error)
+                chosen = pending[seen]
+                # The ring's residual, and its size, spread over the hole: a seam
+                # correction for this frame's copy, and how well it fits around here.
+                spread = membrane(
+                    anchors, np.column_stack([residual, np.abs(residual).mean(axis=1)]), chosen
+                )
+                values = _sample(source.image, where) * gain + offset + spread[:, :3]
+                weight = 1.0 / ((np.maximum(spread[:, 3], 0.0) + 1.0) * distance)
+                blend[chosen] += weight[:, None] * values
+                total[chosen] += weight
+                used[chosen] += 1
+                pending = pending[used[pending] < _PER_SIDE]
+        seen = total > 0
+        colours = blend / np.maximum(total, 1e-9)[:, None]
+        out = slot.image.copy()
+        out[hole_y, hole_x] = np.clip(colours + 0.5, 0, 255).astype(np.uint8)
+        if not seen.all():
+            rest = np.zeros(slot.hole.shape, np.uint8)
+            rest[hole_y[~seen], hole_x[~seen]] = 255
+            out = cv2.inpaint(out, rest, self.telea_radius, cv2.INPAINT_TELEA)
         return out
 
 
-def _seam_correction(
-    shape: tuple[int, int],
-    xs: np.ndarray,
-    ys: np.ndarray,
-    in_hole: np.ndarray,
-    found: np.ndarray,
-    residual: np.ndarray,
-) -> np.ndarray:
-    """A smooth offset that makes copied colours meet the frame at the hole's edge.
+class _Membrane:
+    """Spreads a residual known on the ring smoothly over the hole (normalised convolution).
 
-    The residual (frame minus copy) is known on the ring around the hole; it is
-    spread into the hole (Telea on the residual), as a membrane (Poisson-like)
-    blend would: exposure changes and small misalignments stop showing as seams.
+    Works on a coarse grid (cells of ``_CELL`` pixels): the field is meant to be smooth,
+    and this keeps it cheap however many candidate frames need one.
     """
-    anchors = found & ~in_hole
-    if not anchors.any():
-        return np.zeros_like(residual)
-    field = np.zeros((*shape, 3), np.float32)
-    field[ys[anchors], xs[anchors]] = residual[anchors]
-    unknown = np.zeros(shape, np.uint8)
-    unknown[ys[~anchors], xs[~anchors]] = 255
-    correction = np.stack(
-        [cv2.inpaint(field[..., c], unknown, _RING, cv2.INPAINT_TELEA)[ys, xs] for c in range(3)],
-        axis=1,
-    )
-    correction[~found] = 0.0
-    return correction
+
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        ring_x: np.ndarray,
+        ring_y: np.ndarray,
+        hole_x: np.ndarray,
+        hole_y: np.ndarray,
+    ) -> None:
+        height, width = shape
+        self.cells = (height // _CELL + 1, width // _CELL + 1)
+        self.ring_cell = (ring_y // _CELL) * self.cells[1] + ring_x // _CELL
+        self.hole_at = np.column_stack(
+            [(hole_x + 0.5) / _CELL - 0.5, (hole_y + 0.5) / _CELL - 0.5]
+        ).astype(np.float32)
+        extent = max(np.ptp(hole_x), np.ptp(hole_y)) + 1
+        self.sigma = float(np.clip(extent / 8.0, 3.0, _SIGMA)) / _CELL
+
+    def __call__(self, anchors: np.ndarray, residual: np.ndarray, at: np.ndarray) -> np.ndarray:
+        """The residual (given at ring points ``anchors``) spread to hole points ``at``."""
+        channels = residual.shape[1]
+        if not anchors.any():
+            return np.zeros((len(at), channels), np.float32)
+        size = self.cells[0] * self.cells[1]
+        cells = self.ring_cell[anchors]
+        grid = np.empty((*self.cells, channels + 1), np.float32)
+        grid[..., channels] = np.bincount(cells, minlength=size).reshape(self.cells)
+        for c in range(channels):
+            grid[..., c] = np.bincount(cells, residual[:, c], minlength=size).reshape(self.cells)
+        grid = cv2.GaussianBlur(grid, (0, 0), self.sigma)
+        weight = grid[..., channels:]
+        spread = np.where(weight > 1e-6, grid[..., :channels] / np.maximum(weight, 1e-6), 0.0)
+        return _sample(np.ascontiguousarray(spread, np.float32), self.hole_at[at])
 
 
-def _follow(
-    window: deque[_Slot], index: int, start: np.ndarray, direction: int, radius: int
+def _homogeneous(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    return np.column_stack([xs, ys, np.ones_like(xs)]).astype(np.float64)
+
+
+def _project(
+    points: np.ndarray, homography: np.ndarray, guard: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Colours where each point first lands outside a hole going one way, and how many frames away.
+    """Which points land inside the frame and outside ``guard``, and where those land."""
+    height, width = guard.shape
+    mapped = points @ homography.T
+    depth = mapped[:, 2]
+    ok = depth > 1e-6
+    p = np.full((len(points), 2), -1.0, np.float32)
+    p[ok] = mapped[ok, :2] / depth[ok, None]
+    ok &= (p[:, 0] >= 0) & (p[:, 0] <= width - 1) & (p[:, 1] >= 0) & (p[:, 1] <= height - 1)
+    xi = np.rint(p[ok, 0]).astype(np.int32)
+    yi = np.rint(p[ok, 1]).astype(np.int32)
+    ok[ok] = ~guard[yi, xi]
+    return ok, p[ok]
 
-    Distance 0 means it never did within the window.
-    """
-    count = len(start)
-    colours = np.zeros((count, 3), np.float32)
-    distance = np.zeros(count, np.int32)
-    position = start.copy()
-    pending = np.arange(count)
-    height, width = window[index].hole.shape
-    for step in range(1, radius + 1):
-        here, there = index + (step - 1) * direction, index + step * direction
-        if there < 0 or there >= len(window) or pending.size == 0:
-            break
-        flow = window[here].forward if direction > 0 else window[here].backward
-        if flow is None:
-            break
-        position[pending] += _sample(flow, position[pending])
-        p = position[pending]
-        inside = (p[:, 0] >= 0) & (p[:, 0] <= width - 1) & (p[:, 1] >= 0) & (p[:, 1] <= height - 1)
-        source = window[there]
-        xi = np.clip(np.rint(p[:, 0]).astype(np.int32), 0, width - 1)
-        yi = np.clip(np.rint(p[:, 1]).astype(np.int32), 0, height - 1)
-        usable = inside & ~source.guard[yi, xi]
-        if usable.any():
-            chosen = pending[usable]
-            colours[chosen] = _sample(source.image, p[usable])
-            distance[chosen] = step
-        pending = pending[~usable & inside]
-    return colours, distance
+
+def _corners(gray: np.ndarray, hole: np.ndarray) -> np.ndarray | None:
+    keep = (~dilate(hole, _FEATURE_MARGIN)).astype(np.uint8) * 255
+    return cv2.goodFeaturesToTrack(
+        gray, _MAX_CORNERS, qualityLevel=0.005, minDistance=7, mask=keep, blockSize=7
+    )
+
+
+def _track(source: _Slot, target: _Slot) -> np.ndarray | None:
+    """Homography from ``source`` to ``target``, tracking source's corners both ways."""
+    start = source.corners
+    if start is None or len(start) < 4:
+        return None
+    landed, status, _ = cv2.calcOpticalFlowPyrLK(source.gray, target.gray, start, None, **_LK)
+    back, status_back, _ = cv2.calcOpticalFlowPyrLK(
+        target.gray, source.gray, landed, start.copy(), flags=cv2.OPTFLOW_USE_INITIAL_FLOW, **_LK
+    )
+    good = (status[:, 0] == 1) & (status_back[:, 0] == 1)
+    good &= np.linalg.norm((back - start)[:, 0], axis=1) < 1.0
+    height, width = target.hole.shape
+    end = landed[:, 0]
+    xi = np.clip(np.rint(end[:, 0]).astype(np.int32), 0, width - 1)
+    yi = np.clip(np.rint(end[:, 1]).astype(np.int32), 0, height - 1)
+    good &= ~dilate(target.hole, _FEATURE_MARGIN // 2)[yi, xi]
+    if good.sum() >= _MIN_INLIERS:
+        homography, inliers = cv2.findHomography(start[good], landed[good], cv2.RANSAC, 2.0)
+        if homography is not None and inliers.sum() >= _MIN_INLIERS:
+            return homography
+    if good.sum() >= 4:
+        affine, _ = cv2.estimateAffinePartial2D(start[good], landed[good])
+        if affine is not None:
+            return np.vstack([affine, [0.0, 0.0, 1.0]])
+    return None
+
+
+def _match(
+    sampled: np.ndarray, known: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Per-channel gain and offset taking ``sampled`` to ``known``, the residual and its mean."""
+    if len(sampled) < 16:
+        ones = np.ones(3, np.float32)
+        return ones, np.zeros(3, np.float32), np.zeros((len(sampled), 3), np.float32), 50.0
+    mean_a, mean_b = sampled.mean(axis=0), known.mean(axis=0)
+    da = sampled - mean_a
+    var_a = (da * da).mean(axis=0)
+    cov = (da * (known - mean_b)).mean(axis=0)
+    gain = np.where(var_a > 4.0, np.clip(cov / np.maximum(var_a, 1e-3), 0.8, 1.25), 1.0)
+    offset = mean_b - gain * mean_a
+    residual = known - (sampled * gain + offset)
+    return (
+        gain.astype(np.float32),
+        offset.astype(np.float32),
+        residual,
+        float(np.abs(residual).mean()),
+    )
 
 
 def _sample(image: np.ndarray, points: np.ndarray) -> np.ndarray:

@@ -245,6 +245,9 @@ class Job(BaseModel):
     spec: JobSpec
     input: InputInfo | None = None
     segments: dict[str, SegmentInfo] = Field(default_factory=dict)
+    selection: dict[str, list[int] | None] = Field(
+        default_factory=dict, description="per class, the object ids to remove (None: all)"
+    )
     artifacts: dict[str, str] = Field(
         default_factory=dict, description="storage keys: input, work, masks, result, ..."
     )

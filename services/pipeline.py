@@ -318,8 +318,14 @@ def segment(run: StageRun, label: str | None) -> None:
 
 
 def mask_convert(run: StageRun) -> None:
+    """Pick each class's target ids, checked against what segmentation found.
+
+    The pixels are converted by ``merge`` in the same pass that unites the
+    classes: each object-id mask is decoded once, looked up and maxed.
+    """
     job = run.job
     targets = job.spec.targets or {}
+    selection: dict[str, list[int] | None] = {}
     for prompt in _prompts(job, run.res.store):
         found = {o.id for o in job.segments.get(prompt.label, SegmentInfo()).objects}
         wanted = targets.get(prompt.label)
@@ -337,16 +343,15 @@ def mask_convert(run: StageRun) -> None:
                 "(box, points, frame_index)",
                 field="classes",
             )
-        out = masks.select_ids(
-            run.fetch(f"segment:{prompt.label}"), wanted or None, run.out(f"{prompt.label}.mkv")
-        )
-        run.store(f"mask:{prompt.label}", out, run.key(f"masks/{prompt.label}.mkv"))
+        selection[prompt.label] = sorted(wanted) if wanted else None
+    run.job = run.res.store.update(job.id, lambda j: setattr(j, "selection", selection))
     run.progress(1.0)
 
 
 def merge(run: StageRun) -> None:
-    labels = [p.label for p in _prompts(run.job, run.res.store)]
-    merged = masks.union([run.fetch(f"mask:{label}") for label in labels], run.out("mask.mkv"))
+    """One 0/255 mask: the chosen ids of every class, united."""
+    sources = [(run.fetch(f"segment:{label}"), ids) for label, ids in run.job.selection.items()]
+    merged = masks.select_union(sources, run.out("mask.mkv"))
     run.store("mask", merged, run.key("mask.mkv"))
     run.progress(1.0)
 
