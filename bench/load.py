@@ -142,6 +142,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--latency", type=float, default=0.5, help="upstream seconds per task")
     parser.add_argument("--no-faults", action="store_true")
+    parser.add_argument(
+        "--upstream-rate",
+        type=float,
+        default=200,
+        help="shared limiter: upstream calls/s (the stand-in has no limit)",
+    )
+    parser.add_argument("--upstream-concurrency", type=int, default=32)
     parser.add_argument("--drain-timeout", type=float, default=1800)
     args = parser.parse_args()
 
@@ -152,7 +159,9 @@ def main() -> None:
     upstream_url = f"http://127.0.0.1:{port}"
     upstream = start_upstream(port, args.latency, folder / "svor.log")
     env = {"VOR_SVOR_BASE_URL": upstream_url, "VOR_STALL_TIMEOUT_S": "10",
-           "VOR_HEARTBEAT_S": "2", "VOR_SWEEP_INTERVAL_S": "2"}  # fmt: skip
+           "VOR_HEARTBEAT_S": "2", "VOR_SWEEP_INTERVAL_S": "2",
+           "VOR_SVOR_RATE_LIMIT_PER_S": str(args.upstream_rate),
+           "VOR_SVOR_MAX_CONCURRENCY": str(args.upstream_concurrency)}  # fmt: skip
     events: list[str] = []
     try:
         with EmbeddedService(folder / "vor", workers=args.workers, io_threads=16,
