@@ -66,6 +66,14 @@ def start_redis(data_dir: Path, port: int, *, log: Path | None = None) -> subpro
     raise RuntimeError("the embedded Redis did not answer within 15 s")
 
 
+WORKER_NICENESS = 10
+"""Workers yield the CPU to the API on a shared machine, so submissions answer at once."""
+
+
+def _lower_priority() -> None:
+    os.nice(WORKER_NICENESS)
+
+
 class EmbeddedService:
     """Start Redis (unless ``VOR_REDIS_URL`` is given), the API and workers; stop them all."""
 
@@ -111,6 +119,7 @@ class EmbeddedService:
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
             stdin=subprocess.DEVNULL,
+            preexec_fn=_lower_priority if name.startswith("worker") else None,
         )
         self.processes[name] = proc
         self._commands[name] = args

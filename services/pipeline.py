@@ -215,17 +215,8 @@ def run_stage(
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _debug_pairs(text: str | None) -> dict[str, float]:
-    pairs: dict[str, float] = {}
-    for item in (text or "").split(","):
-        name, _, seconds = item.strip().partition(":")
-        if name and seconds:
-            pairs[name] = float(seconds)
-    return pairs
-
-
 def _debug_delay(run: StageRun) -> None:
-    transient = _debug_pairs(run.res.settings.debug_transient_once).get(run.stage.value)
+    transient = run.res.settings.transient_once().get(run.stage.value)
     if transient is not None and run.job.runs.get(stage_key(run.stage)) == 1:
         raise TransientError(
             f"injected transient failure of {run.stage.value}", retry_after=transient

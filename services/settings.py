@@ -84,12 +84,10 @@ class Settings(BaseSettings):
         For fault-injection tests and demos only: it widens the window in which a
         test kills a worker or an upstream mid-stage.
         """
-        delays: dict[str, float] = {}
-        for item in (self.debug_stage_delays or "").split(","):
-            name, _, seconds = item.strip().partition(":")
-            if name and seconds:
-                delays[name] = float(seconds)
-        return delays
+        return seconds_by_stage(self.debug_stage_delays)
+
+    def transient_once(self) -> dict[str, float]:
+        return seconds_by_stage(self.debug_transient_once)
 
     @field_validator("engine")
     @classmethod
@@ -125,6 +123,16 @@ class Settings(BaseSettings):
             for cidr in (self.allowed_url_networks or "").split(",")
             if cidr.strip()
         ]
+
+
+def seconds_by_stage(text: str | None) -> dict[str, float]:
+    """``"erase:3,publish:1"`` as ``{"erase": 3.0, "publish": 1.0}``."""
+    pairs: dict[str, float] = {}
+    for item in (text or "").split(","):
+        name, _, seconds = item.strip().partition(":")
+        if name and seconds:
+            pairs[name] = float(seconds)
+    return pairs
 
 
 @lru_cache
