@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypedDict
 
 import cv2
 import numpy as np
@@ -38,7 +39,15 @@ _RING = 4
 _FEATURE_MARGIN = 6
 """Corners closer than this to a hole are not tracked (their patches overlap it)."""
 _MAX_CORNERS = 300
-_LK = {
+
+
+class _LKParams(TypedDict):
+    winSize: tuple[int, int]
+    maxLevel: int
+    criteria: tuple[int, int, float]
+
+
+_LK: _LKParams = {
     "winSize": (21, 21),
     "maxLevel": 4,
     "criteria": (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03),
@@ -246,7 +255,10 @@ def _track(source: _Slot, target: _Slot) -> np.ndarray | None:
     start = source.corners
     if start is None or len(start) < 4:
         return None
-    landed, status, _ = cv2.calcOpticalFlowPyrLK(source.gray, target.gray, start, None, **_LK)
+    # The stub types nextPts as required; None (no initial guess) is valid at runtime.
+    landed, status, _ = cv2.calcOpticalFlowPyrLK(  # type: ignore[call-overload]
+        source.gray, target.gray, start, None, **_LK
+    )
     back, status_back, _ = cv2.calcOpticalFlowPyrLK(
         target.gray, source.gray, landed, start.copy(), flags=cv2.OPTFLOW_USE_INITIAL_FLOW, **_LK
     )
@@ -298,7 +310,9 @@ def _sample(image: np.ndarray, points: np.ndarray) -> np.ndarray:
     padded = np.zeros((rows * columns, 2), np.float32)
     padded[:count] = points
     grid = padded.reshape(rows, columns, 2)
-    out = cv2.remap(image, grid[..., 0], grid[..., 1], cv2.INTER_LINEAR, cv2.BORDER_REPLICATE)
+    # Border: OpenCV's default (BORDER_CONSTANT). A BORDER_REPLICATE passed here as the
+    # fifth positional argument landed in ``dst`` and was ignored, so it is left out.
+    out = cv2.remap(image, grid[..., 0], grid[..., 1], cv2.INTER_LINEAR)
     return out.reshape(rows * columns, -1)[:count].astype(np.float32)
 
 

@@ -64,7 +64,7 @@ def resolved_settings() -> Settings:
 
 
 @lru_cache
-def get_storage():  # type: ignore[no-untyped-def]
+def get_storage():
     from services.storage import storage_from_settings
 
     return storage_from_settings(resolved_settings())

@@ -13,6 +13,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Iterator
+from typing import cast
 
 import redis
 
@@ -35,6 +36,10 @@ class JobStore:
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
+    def _get(self, key: str) -> bytes | None:
+        # redis-py types its commands for both clients (sync | Awaitable); ours is sync.
+        return cast("bytes | None", self.redis.get(key))
+
     def ping(self) -> None:
         self.redis.ping()
 
@@ -43,7 +48,7 @@ class JobStore:
         if job.idempotency_key:
             idem = self._key("idem", job.tenant, job.idempotency_key)
             if not self.redis.set(idem, job.id, nx=True, ex=24 * 3600):
-                existing_id = self.redis.get(idem)
+                existing_id = self._get(idem)
                 existing = self.get(existing_id.decode()) if existing_id else None
                 if existing is not None:
                     return existing, False
@@ -58,11 +63,11 @@ class JobStore:
         return job, True
 
     def by_idempotency_key(self, tenant: str, key: str) -> Job | None:
-        job_id = self.redis.get(self._key("idem", tenant, key))
+        job_id = self._get(self._key("idem", tenant, key))
         return self.get(job_id.decode()) if job_id else None
 
     def get(self, job_id: str) -> Job | None:
-        raw = self.redis.get(self._key("job", job_id))
+        raw = self._get(self._key("job", job_id))
         return Job.model_validate_json(raw) if raw else None
 
     def require(self, job_id: str) -> Job:
@@ -85,7 +90,8 @@ class JobStore:
             while True:
                 try:
                     pipe.watch(key)
-                    raw = pipe.get(key)
+                    # Watching, the pipeline runs commands at once: a value, not a queue.
+                    raw = cast("bytes | None", pipe.get(key))
                     if raw is None:
                         raise NotFound(f"job {job_id} does not exist")
                     job = Job.model_validate_json(raw)
@@ -161,7 +167,7 @@ class JobStore:
         self._release(keys=[self._key("lease", name)], args=[token])
 
     def lease_holder(self, name: str) -> str | None:
-        value = self.redis.get(self._key("lease", name))
+        value = self._get(self._key("lease", name))
         return value.decode() if value else None
 
     def set_progress(self, job_id: str, progress: float) -> Job:
@@ -202,7 +208,7 @@ class JobStore:
             pipe.delete(self._key("idem", job.tenant, job.idempotency_key))
         pipe.execute()
 
-    def list(
+    def list_jobs(
         self,
         tenant: str,
         *,
@@ -239,8 +245,11 @@ class JobStore:
         batch = 100
         offset = 0
         while True:
-            rows = self.redis.zrevrangebyscore(
-                key, max_score, "-inf", start=offset, num=batch, withscores=True
+            rows = cast(
+                "list[tuple[bytes, float]]",
+                self.redis.zrevrangebyscore(
+                    key, max_score, "-inf", start=offset, num=batch, withscores=True
+                ),
             )
             for member, score in rows:
                 yield member.decode(), float(score)
@@ -251,7 +260,8 @@ class JobStore:
     def active_ids(self, older_than_s: float = 0.0) -> list[str]:
         """Non-terminal jobs whose last change is older than ``older_than_s``."""
         cutoff = time.time() - older_than_s
-        return [m.decode() for m in self.redis.zrangebyscore(self._key("active"), "-inf", cutoff)]
+        members = cast("list[bytes]", self.redis.zrangebyscore(self._key("active"), "-inf", cutoff))
+        return [m.decode() for m in members]
 
     def forget_active(self, job_id: str) -> None:
         self.redis.zrem(self._key("active"), job_id)
@@ -263,7 +273,7 @@ class JobStore:
         """A secret every process of this deployment shares, made once by whoever comes first."""
         key = self._key("secret", name)
         self.redis.set(key, make(), nx=True)
-        value = self.redis.get(key)
+        value = self._get(key)
         assert value is not None
         return value.decode()
 

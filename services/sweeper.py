@@ -20,6 +20,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import redis
 
@@ -53,11 +54,15 @@ def jobs_with_messages(
     for queue in queues:
         for key in broker.scan_iter(match=f"{queue}*", count=100):
             if broker.type(key) == b"list":
-                for message in broker.lrange(key, 0, -1):
+                for message in cast("list[bytes]", broker.lrange(key, 0, -1)):
                     found.update(m.decode() for m in JOB_ID.findall(message))
     cutoff = time.time() - held_for_less_than_s
-    recent = {tag for tag, at in broker.zrangebyscore("unacked_index", cutoff, "+inf",
-                                                       withscores=True)}  # fmt: skip
+    # redis-py types its commands for both clients (sync | Awaitable); ours is sync.
+    scored = cast(
+        "list[tuple[bytes, float]]",
+        broker.zrangebyscore("unacked_index", cutoff, "+inf", withscores=True),
+    )
+    recent = {tag for tag, _ in scored}
     for tag, message in broker.hscan_iter("unacked"):
         if tag in recent:
             found.update(m.decode() for m in JOB_ID.findall(message))

@@ -132,11 +132,11 @@ def _refine_by_motion(
     here = image[crop].astype(np.float32)
     gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     grid = np.dstack(np.meshgrid(np.arange(width), np.arange(height))).astype(np.float32)
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+    dis = cv2.DISOpticalFlow.create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
     object_errors, background_errors = [], []
     for other in neighbours:
         other_gray = cv2.cvtColor(other, cv2.COLOR_BGR2GRAY)
-        camera = _background_motion(dis.calc(gray, other_gray, None), grid, _grow(in_box, 4))
+        camera = _background_motion(_dense_flow(dis, gray, other_gray), grid, _grow(in_box, 4))
         matched = _match_translation(mask, gray, other_gray, np.zeros(2))
         if camera is None or matched is None:
             continue
@@ -226,7 +226,8 @@ def _grabcut(image: np.ndarray, trimap: np.ndarray, *, iterations: int, pad: int
     bgd = np.zeros((1, 65), np.float64)
     fgd = np.zeros((1, 65), np.float64)
     try:
-        cv2.grabCut(
+        # The stub types ``rect`` as required; None is valid (and unused) with GC_INIT_WITH_MASK.
+        cv2.grabCut(  # type: ignore[call-overload]
             np.ascontiguousarray(image[y0:y1, x0:x1]),
             crop,
             None,
@@ -273,7 +274,7 @@ class MaskTracker:
     """
 
     def __init__(self, image: np.ndarray, masks: Sequence[np.ndarray]) -> None:
-        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+        self._dis = cv2.DISOpticalFlow.create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
         self._image = image
         self._gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         height, width = self._gray.shape
@@ -291,11 +292,11 @@ class MaskTracker:
         for obj in self._objects:
             union |= obj.carried
         zone = _grow(union, 8)
-        camera_prev = _background_motion(self._dis.calc(gray, self._gray, None), self._grid, zone)
+        camera_prev = _background_motion(_dense_flow(self._dis, gray, self._gray), self._grid, zone)
         camera_next = None
         if upcoming is not None:
             after = cv2.cvtColor(upcoming, cv2.COLOR_BGR2GRAY)
-            camera_next = _background_motion(self._dis.calc(gray, after, None), self._grid, zone)
+            camera_next = _background_motion(_dense_flow(self._dis, gray, after), self._grid, zone)
         for obj in self._objects:
             obj.step(self._image, self._gray, image, gray, (camera_prev, upcoming, camera_next))
         self._image, self._gray = image, gray
@@ -342,7 +343,7 @@ class _Object:
             return
         height, width = gray.shape
         shift = self._shift(before_gray, gray)
-        moved = np.float32([[1, 0, shift[0]], [0, 1, shift[1]]])
+        moved = np.array([[1, 0, shift[0]], [0, 1, shift[1]]], np.float32)
         predicted = cv2.warpAffine(self.carried.astype(np.uint8), moved, (width, height)) > 0
         if not predicted.any():
             predicted = self.carried
@@ -437,6 +438,12 @@ def _camera_error(
     return np.abs(here - seen[crop].astype(np.float32)).sum(axis=2)
 
 
+def _dense_flow(dis: cv2.DISOpticalFlow, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """DIS flow from ``first`` to ``second``, computed afresh (no initial flow)."""
+    # The stub types ``flow`` as required; None (no initial flow) is valid at runtime.
+    return dis.calc(first, second, None)  # type: ignore[call-overload]
+
+
 def _colour_bins(image: np.ndarray) -> np.ndarray:
     q = (image // (256 // _BINS)).astype(np.int32)
     return (q[..., 0] * _BINS + q[..., 1]) * _BINS + q[..., 2]
@@ -450,8 +457,8 @@ def _colour_odds(image: np.ndarray, inside: np.ndarray, outside: np.ndarray) -> 
     for region in (inside, outside):
         counts = np.bincount(bins[region], minlength=_BINS**3).astype(np.float32)
         seen |= counts > 0
-        counts = cv2.GaussianBlur(counts.reshape(_BINS, _BINS * _BINS), (3, 3), 0).ravel()
-        odds.append(np.log(counts / max(float(counts.sum()), 1.0) + 1e-4))
+        blurred = cv2.GaussianBlur(counts.reshape(_BINS, _BINS * _BINS), (3, 3), 0).ravel()
+        odds.append(np.log(blurred / max(float(blurred.sum()), 1.0) + 1e-4))
     # A colour neither region has shows no preference: the blur alone would give the
     # background colours the object meets later (unseen in the annotation frame's ring)
     # the odds of the object colours beside them, and the mask would grow into them.

@@ -176,7 +176,7 @@ def list_jobs(
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> dict[str, Any]:
     """The tenant's jobs, newest first; pass ``next_cursor`` back as ``cursor`` for more."""
-    jobs, next_cursor = store.list(tenant, status=status, limit=limit, cursor=cursor)
+    jobs, next_cursor = store.list_jobs(tenant, status=status, limit=limit, cursor=cursor)
     return {"jobs": [render(j, storage, settings) for j in jobs], "next_cursor": next_cursor}
 
 
