@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     api = commands.add_parser("api", help="the REST API alone")
     api.add_argument("--host", default="0.0.0.0")
     api.add_argument("--port", type=int, default=8000)
+    api.add_argument(
+        "--processes", type=int, default=1, help="API processes sharing the port (uvicorn workers)"
+    )
 
     worker = commands.add_parser("worker", help="a Celery worker")
     worker.add_argument("--queues", default="cpu,io", help="comma-separated: cpu, io")
@@ -142,6 +145,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         log_level="warning",
         log_config=None,
         timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+        workers=args.processes,
     )
     return 0
 

@@ -85,6 +85,7 @@ class EmbeddedService:
         port: int | None = None,
         workers: int = 1,
         io_threads: int = 8,
+        api_processes: int = 1,
         env: dict[str, str] | None = None,
         quiet: bool = True,
     ) -> None:
@@ -93,6 +94,7 @@ class EmbeddedService:
         self.port = port or free_port()
         self.workers = workers
         self.io_threads = io_threads
+        self.api_processes = api_processes
         self.quiet = quiet
         self.env = {**os.environ, "VOR_DATA_DIR": str(self.data_dir), **(env or {})}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -157,7 +159,10 @@ class EmbeddedService:
             self.redis = start_redis(self.data_dir / "redis", self.redis_port)
             self.env["VOR_REDIS_URL"] = f"redis://127.0.0.1:{self.redis_port}/0"
             self.env.setdefault("VOR_BROKER_URL", f"redis://127.0.0.1:{self.redis_port}/1")
-        self._spawn("api", "--host", self.host, "--port", str(self.port), name="api")
+        self._spawn(
+            "api", "--host", self.host, "--port", str(self.port),
+            "--processes", str(self.api_processes), name="api",
+        )  # fmt: skip
         self._spawn(
             "worker", "--queues", "cpu", "--pool", "prefork",
             "--concurrency", str(self.workers), name="worker-cpu",
