@@ -153,6 +153,8 @@ def main() -> None:
     )
     parser.add_argument("--upstream-concurrency", type=int, default=32)
     parser.add_argument("--api-processes", type=int, default=1)
+    parser.add_argument("--api-only", action="store_true",
+                        help="stop the workers first: submit latency of the API alone")
     parser.add_argument("--drain-timeout", type=float, default=1800)
     args = parser.parse_args()
 
@@ -171,7 +173,11 @@ def main() -> None:
         with EmbeddedService(folder / "vor", workers=args.workers, io_threads=16,
                              api_processes=args.api_processes, env=env) as service:  # fmt: skip
             duration = args.jobs / args.rate
-            if not args.no_faults:
+            if args.api_only:
+                for name in ("worker-cpu", "worker-io"):
+                    service.processes[name].terminate()
+                    service.processes[name].wait(60)
+            elif not args.no_faults:
                 threading.Thread(target=chaos, args=(service, upstream_url, duration, events),
                                  daemon=True).start()  # fmt: skip
             began = time.monotonic()
@@ -179,7 +185,8 @@ def main() -> None:
                 submit_all(service.url, clip.path, spec, args.jobs, args.rate)
             )
             submitted_s = time.monotonic() - began
-            status = wait_all(service.url, [a[0] for a in accepted], args.drain_timeout)
+            ids = [] if args.api_only else [a[0] for a in accepted]
+            status = wait_all(service.url, ids, args.drain_timeout)
             done_s = time.monotonic() - began
     finally:
         upstream.terminate()
