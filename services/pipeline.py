@@ -321,13 +321,7 @@ def mask_convert(run: StageRun) -> None:
         found = {o.id for o in job.segments.get(prompt.label, SegmentInfo()).objects}
         wanted = targets.get(prompt.label)
         if wanted:
-            missing = sorted(set(wanted) - found)
-            if missing:
-                raise InvalidSpec(
-                    f"targets.{prompt.label} names ids {missing}, but segmentation found "
-                    f"{sorted(found) or 'no objects'}: pick ids from the segment result",
-                    field=f"targets.{prompt.label}",
-                )
+            submission.check_targets(prompt.label, wanted, found, "segmentation")
         elif not found:
             raise InvalidSpec(
                 f"segmentation found no object for class {prompt.label!r}: check the prompt "

@@ -185,6 +185,17 @@ def _mask_frames(path: Path, settings: Settings) -> int:
     return info.frames
 
 
+def check_targets(label: str, wanted: list[int], found: set[int], finder: str) -> None:
+    """Refuse target ids that segmentation did not find, naming the ones it did."""
+    missing = sorted(set(wanted) - found)
+    if missing:
+        raise InvalidSpec(
+            f"targets.{label} names ids {missing}, but {finder} found "
+            f"{sorted(found) or 'no objects'}: pick ids from the segment result",
+            field=f"targets.{label}",
+        )
+
+
 def _from_job(spec: JobSpec, tenant: str, store: JobStore) -> Job:
     assert spec.from_job
     try:
@@ -215,14 +226,7 @@ def _from_job(spec: JobSpec, tenant: str, store: JobStore) -> Job:
                 f"(it has {sorted(source.segments)})",
                 field=f"targets.{label}",
             )
-        found = {o.id for o in segment.objects}
-        missing = sorted(set(ids) - found)
-        if missing:
-            raise InvalidSpec(
-                f"targets.{label} names ids {missing}, but from_job {source.id} found "
-                f"{sorted(found) or 'no objects'}",
-                field=f"targets.{label}",
-            )
+        check_targets(label, ids, {o.id for o in segment.objects}, f"from_job {source.id}")
     return source
 
 

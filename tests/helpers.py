@@ -59,3 +59,12 @@ def download(client: httpx.Client, url: str, dest: Path) -> Path:
 
 def error_of(response: httpx.Response) -> dict[str, Any]:
     return dict(response.json()["error"])
+
+
+def wait_for_stage(client: httpx.Client, job_id: str, stage: str, timeout: float = 60) -> None:
+    """Wait until the job runs ``stage``; fail if it ends or never gets there."""
+    deadline = time.monotonic() + timeout
+    while (job := client.get(f"/v1/jobs/{job_id}").json())["stage"] != stage:
+        assert job["status"] not in TERMINAL, job
+        assert time.monotonic() < deadline, f"never reached {stage}: {job}"
+        time.sleep(0.05)

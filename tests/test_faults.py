@@ -21,7 +21,7 @@ from services import media
 from services.embedded import EmbeddedService
 from services.synthetic import SyntheticClip, make_clip
 from tests.conftest import API_KEYS, service_env
-from tests.helpers import accepted, wait
+from tests.helpers import accepted, wait, wait_for_stage
 from tests.support.processes import kill_tree
 from tests.support.receiver import Receiver
 
@@ -56,14 +56,6 @@ def client(faulty: EmbeddedService) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> SyntheticClip:
     return make_clip(tmp_path_factory.mktemp("clips") / "small.mp4", frames=12, audio=True)
-
-
-def wait_for_stage(client: httpx.Client, job_id: str, stage: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while (job := client.get(f"/v1/jobs/{job_id}").json())["stage"] != stage:
-        assert job["status"] not in {"succeeded", "failed", "canceled"}, job
-        assert time.monotonic() < deadline, f"never reached {stage}: {job}"
-        time.sleep(0.05)
 
 
 def spec_for(clip: SyntheticClip, **extra: object) -> dict[str, object]:

@@ -15,7 +15,7 @@ from services import media
 from services.embedded import EmbeddedService
 from services.synthetic import SyntheticClip
 from tests.conftest import API_KEYS, service_env
-from tests.helpers import accepted, wait
+from tests.helpers import accepted, wait, wait_for_stage
 from tests.support.proxy import TcpProxy
 from tests.support.s3 import s3_server  # noqa: F401
 
@@ -101,10 +101,7 @@ def test_s3_outage_during_publish_is_retried(
                           headers={"Authorization": f"Bearer {API_KEYS['acme']}"})  # fmt: skip
     spec = {"classes": [{"label": "disc", "boxes": [clip.box(0)]}]}
     job = accepted(client, spec, clip.path)
-    deadline = time.monotonic() + 60
-    while client.get(f"/v1/jobs/{job['id']}").json()["stage"] != "publish":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for_stage(client, job["id"], "publish")
     proxy.down()
     outage_ends = time.monotonic() + 4
     while time.monotonic() < outage_ends:

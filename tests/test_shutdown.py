@@ -14,7 +14,7 @@ import redis
 from services.embedded import EmbeddedService
 from services.synthetic import make_clip
 from tests.conftest import API_KEYS, service_env
-from tests.helpers import accepted, wait
+from tests.helpers import accepted, wait, wait_for_stage
 
 LONG_ERASE_S = 12.0
 SOFT_SHUTDOWN_S = 2.0
@@ -43,10 +43,7 @@ def test_sigterm_mid_stage_hands_the_message_back_at_once(
                           headers={"Authorization": f"Bearer {API_KEYS['acme']}"})  # fmt: skip
     spec = {"classes": [{"label": "disc", "boxes": [clip.box(0)]}]}
     job = accepted(client, spec, clip.path)
-    deadline = time.monotonic() + 60
-    while client.get(f"/v1/jobs/{job['id']}").json()["stage"] != "erase":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for_stage(client, job["id"], "erase")
     broker = redis.Redis.from_url(slow.env["VOR_REDIS_URL"])
     worker = slow.processes["worker-cpu"]
     began = time.monotonic()

@@ -17,7 +17,7 @@ import redis
 from services.embedded import EmbeddedService
 from services.synthetic import SyntheticClip, make_clip
 from tests.conftest import API_KEYS, service_env
-from tests.helpers import accepted, wait
+from tests.helpers import accepted, wait, wait_for_stage
 
 VISIBILITY_S = 3
 
@@ -74,10 +74,7 @@ def test_cancel_mid_stage_stops_the_work_and_frees_its_files(
     trap: EmbeddedService, client: httpx.Client, small: SyntheticClip
 ) -> None:
     job = accepted(client, spec_for(small), small.path)
-    deadline = time.monotonic() + 60
-    while client.get(f"/v1/jobs/{job['id']}").json()["stage"] != "erase":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for_stage(client, job["id"], "erase")
     scratch = trap.data_dir / "work" / job["id"]
     assert scratch.exists()
     assert client.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "canceled"
