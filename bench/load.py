@@ -153,8 +153,11 @@ def main() -> None:
     )
     parser.add_argument("--upstream-concurrency", type=int, default=32)
     parser.add_argument("--api-processes", type=int, default=1)
-    parser.add_argument("--api-only", action="store_true",
-                        help="stop the workers first: submit latency of the API alone")
+    parser.add_argument(
+        "--api-only",
+        action="store_true",
+        help="stop the workers first: submit latency of the API alone",
+    )
     parser.add_argument("--drain-timeout", type=float, default=1800)
     args = parser.parse_args()
 
@@ -193,7 +196,7 @@ def main() -> None:
     report(args, accepted, refused, status, submitted_s, done_s, events)
 
 
-def report(args, accepted, refused, status, submitted_s, done_s, events) -> None:  # type: ignore[no-untyped-def]
+def report(args, accepted, refused, status, submitted_s, done_s, events) -> None:  # noqa: ANN001
     latencies = sorted(latency for _, latency in accepted)
     p50 = statistics.median(latencies) * 1000 if latencies else float("nan")
     p99 = latencies[int(0.99 * (len(latencies) - 1))] * 1000 if latencies else float("nan")

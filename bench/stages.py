@@ -1,10 +1,11 @@
 """Where a job's time goes: per-stage wall time on both engines, through the real service.
 
-    python bench/stages.py [--clips demo,bmx-trees] [--faults]
+    python bench/stages.py [--clips demo,bmx-trees,running-car] [--faults]
 
 Starts vor (embedded Redis, API, workers) and ``vor svor-server`` as real
 processes, runs each clip as a remove job on the local engine and on the svor
-engine (against the stand-in), and prints one row per job: submit-to-done
+engine (against the stand-in; clips of at most 3 s, the svor engine's limit),
+and prints one row per job: submit-to-done
 wall time, each stage's own time, the service's overhead (wall minus stages),
 and for svor the bytes uploaded against the input's size and the faults the
 client retried through.
@@ -58,6 +59,13 @@ def bmx_clip(folder: Path, max_frames: int | None) -> tuple[Path, list[float]] |
     return out, [float(v) for v in box]
 
 
+def running_car_clip() -> tuple[Path, Path] | None:
+    """running-car with its square hole (an image mask, scaled by vor): no segmentation."""
+    video = SHARED / "running-car" / "running_car.mp4"
+    mask = SHARED / "running-car" / "mask_square.png"
+    return (video, mask) if video.exists() and mask.exists() else None
+
+
 def start_svor(port: int, log: Path) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "svor-server", "--port", str(port)],
@@ -72,10 +80,14 @@ def start_svor(port: int, log: Path) -> subprocess.Popen[bytes]:
     raise RuntimeError("svor-server did not start")
 
 
-def run_job(client: VorClient, video: Path, box: list[float], engine: str) -> dict:
-    spec = {"engine": engine, "classes": [{"label": "obj", "boxes": [box]}]}
+def run_job(
+    client: VorClient, video: Path, box: list[float] | None, engine: str, mask: Path | None = None
+) -> dict:
+    spec: dict = {"engine": engine}
+    if box is not None:
+        spec["classes"] = [{"label": "obj", "boxes": [box]}]
     started = time.monotonic()
-    job = client.submit(spec, video)
+    job = client.submit(spec, video, mask=mask)
     job = client.wait(job["id"], poll_s=0.05)
     job["wall_s"] = time.monotonic() - started
     return job
@@ -89,14 +101,23 @@ def main() -> None:
         help="inject 2x429 (Retry-After 1), 1x502, 1x504 before each svor job",
     )
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--clips", default="demo,bmx-trees,running-car", help="comma-separated; absent ones skip"
+    )
     args = parser.parse_args()
+    wanted = set(args.clips.split(","))
 
     folder = Path(tempfile.mkdtemp(prefix="vor-bench-"))
-    clips = {"demo 320x192x36": demo_clip(folder)}
+    clips: dict[str, tuple[Path, list[float] | None, Path | None]] = {}
+    if "demo" in wanted:
+        clips["demo 320x192x36"] = (*demo_clip(folder), None)
     for name, frames in (("bmx-trees 432x240x80", None), ("bmx-trees 432x240x72", 72)):
-        found = bmx_clip(folder, frames)
+        found = bmx_clip(folder, frames) if "bmx-trees" in wanted else None
         if found:
-            clips[name] = found
+            clips[name] = (*found, None)
+    car = running_car_clip() if "running-car" in wanted else None
+    if car:
+        clips["running-car 972x540x292 (mask)"] = (car[0], None, car[1])
     svor_port = free_port()
     svor = start_svor(svor_port, folder / "svor.log")
     svor_url = f"http://127.0.0.1:{svor_port}"
@@ -105,7 +126,7 @@ def main() -> None:
     try:
         with EmbeddedService(folder / "vor", workers=args.workers, env=env) as service:
             client = VorClient(service.url)
-            for name, (video, box) in clips.items():
+            for name, (video, box, mask) in clips.items():
                 info = media.probe(video)
                 for engine in ("local", "svor"):
                     if engine == "svor" and info.duration_s > 3.0:
@@ -113,7 +134,7 @@ def main() -> None:
                     httpx.delete(f"{svor_url}/_stats")
                     faults = {"burst_429": 2, "retry_after": 1, "fail_502": 1, "fail_504": 1}
                     httpx.post(f"{svor_url}/_faults", json=faults if args.faults else {})
-                    job = run_job(client, video, box, engine)
+                    job = run_job(client, video, box, engine, mask)
                     stats = httpx.get(f"{svor_url}/_stats").json()
                     rows.append((name, engine, info, job, stats))
     finally:
@@ -123,7 +144,7 @@ def main() -> None:
 
 def print_table(rows: list, faults: bool) -> None:
     head = (
-        f"{'clip':<22} {'engine':<6} {'status':<9} {'wall s':>7} "
+        f"{'clip':<30} {'engine':<6} {'status':<9} {'wall s':>7} "
         + " ".join(f"{s[:8]:>8}" for s in STAGES)
         + f" {'stages':>7} {'overhead':>8}  upload / input, upstream faults retried"
     )
@@ -146,7 +167,7 @@ def print_table(rows: list, faults: bool) -> None:
                 f", retried {codes or 'nothing'}"
             )
         print(
-            f"{name:<22} {engine:<6} {job['status']:<9} {job['wall_s']:7.2f} {cells} "
+            f"{name:<30} {engine:<6} {job['status']:<9} {job['wall_s']:7.2f} {cells} "
             f"{stage_sum:7.2f} {job['wall_s'] - stage_sum:8.2f}{extra}"
         )
     print(
