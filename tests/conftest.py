@@ -169,4 +169,3 @@ def clip2(tmp_path_factory: pytest.TempPathFactory) -> SyntheticClip:
 
 def shared_data() -> Path | None:
     return SHARED_DATA if SHARED_DATA.is_dir() else None
-
