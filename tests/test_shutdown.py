@@ -44,7 +44,7 @@ def test_sigterm_mid_stage_hands_the_message_back_at_once(
     spec = {"classes": [{"label": "disc", "boxes": [clip.box(0)]}]}
     job = accepted(client, spec, clip.path)
     wait_for_stage(client, job["id"], "erase")
-    broker = redis.Redis.from_url(slow.env["VOR_REDIS_URL"])
+    broker = redis.Redis.from_url(slow.env["VOR_BROKER_URL"])
     worker = slow.processes["worker-cpu"]
     began = time.monotonic()
     worker.send_signal(signal.SIGTERM)
