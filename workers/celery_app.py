@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from celery import Celery, Task, signals
+from celery.backends.redis import RedisBackend
 
 from services import logs
 from services.runtime import broker_url
@@ -22,10 +23,37 @@ CPU_QUEUE = "cpu"
 IO_QUEUE = "io"
 
 
+class UnwatchedRedisBackend(RedisBackend):
+    """Celery's Redis result backend without waiting on results.
+
+    Celery's Redis backend subscribes whoever sends a task (and whoever
+    freezes a chord's group) to that task's result channel, so that a
+    ``get()`` could wait on it. vor never waits on a Celery result (the job
+    store holds the truth), so each submission would only pay for the
+    subscriptions and keep them: the API would end up subscribed to every
+    task it ever sent. Chords still join: the worker counts header results
+    in Redis. Without a subscriber to guard, one instance (and its connection
+    pool) serves every thread (``result_backend_thread_safe``); Celery would
+    otherwise make one per thread, each first paying an entry-point scan.
+    """
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        return None
+
+    def add_pending_result(
+        self, result: Any, weak: bool = False, start_drainer: bool = True
+    ) -> Any:
+        return result
+
+    def add_pending_results(self, results: Any, weak: bool = False) -> Any:
+        return results
+
+
 def make_app() -> Celery:
     settings = get_settings()
     url = broker_url(settings)
-    app = Celery("vor", broker=url, backend=url, include=["workers.tasks"])
+    backend = f"{__name__}:{UnwatchedRedisBackend.__name__}+{url}"
+    app = Celery("vor", broker=url, backend=backend, include=["workers.tasks"])
     transport = {"visibility_timeout": settings.visibility_timeout_s}
     app.conf.update(
         task_serializer="json",
@@ -41,6 +69,7 @@ def make_app() -> Celery:
         broker_connection_retry_on_startup=True,
         broker_transport_options=transport,
         result_backend_transport_options=transport,
+        result_backend_thread_safe=True,
         result_expires=24 * 3600,
         task_default_queue=CPU_QUEUE,
         task_time_limit=settings.stage_time_limit_s + 60,
