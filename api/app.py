@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
 
 from api import errors
 from api.routes import events, files, health, jobs, metrics
+from api.warmup import warm_up
 from services import logs
 from services.models import JobSpec
 from services.settings import get_settings
@@ -17,8 +21,15 @@ from services.settings import get_settings
 log = logging.getLogger("vor.api")
 
 
+@asynccontextmanager
+async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
+    await run_in_threadpool(warm_up)
+    yield
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
+        lifespan=_lifespan,
         title="vor",
         version="1.0",
         description="Video object removal: submit a video and what to remove; get a job id at "

@@ -6,6 +6,7 @@ import hmac
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Path
+from fastapi.concurrency import run_in_threadpool
 
 from services import logs
 from services.errors import NotFound, Unauthorized
@@ -17,16 +18,26 @@ from services.store import JobStore
 DEFAULT_TENANT = "default"
 
 
-def _settings() -> Settings:
-    return resolved_settings()
+# The dependencies a submission needs are async: run as plain functions they would
+# each take a hop through the thread pool on every request. Building them can
+# reach Redis (the shared webhook secret), so until they are cached (the API
+# builds them while it warms up) that first build still runs in a thread.
 
 
-def _store() -> JobStore:
+async def _settings() -> Settings:
+    if resolved_settings.cache_info().currsize:
+        return resolved_settings()
+    return await run_in_threadpool(resolved_settings)
+
+
+async def _store() -> JobStore:
     return get_store()
 
 
-def _storage() -> Any:
-    return get_storage()
+async def _storage() -> Any:
+    if get_storage.cache_info().currsize:
+        return get_storage()
+    return await run_in_threadpool(get_storage)
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
@@ -34,7 +45,7 @@ JobStoreDep = Annotated[JobStore, Depends(_store)]
 StorageDep = Annotated[Any, Depends(_storage)]
 
 
-def _tenant(
+async def _tenant(
     settings: SettingsDep,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> str:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from services import media
-from services.embedded import EmbeddedService, free_port
+from services.embedded import EmbeddedService, free_port, start_redis
 from services.synthetic import SyntheticClip
 from tests.conftest import API_KEYS
 from tests.support.processes import alive, descendants
@@ -77,6 +77,42 @@ def test_serve_stops_every_child_on_sigterm(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.timeout(120)
+def test_api_started_before_redis_answers_503_then_serves(tmp_path: Path) -> None:
+    """The API warms up at start; with Redis not up yet it starts anyway and says 503."""
+    redis_port, api_port = free_port(), free_port()
+    env = clean_env(tmp_path) | {"VOR_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+                                 "VOR_WEBHOOK_SECRET": "whsec_" + "A" * 32}  # fmt: skip
+    log = tmp_path / "api.log"
+    api = subprocess.Popen(
+        [*VOR, "api", "--port", str(api_port)], env=env, stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    redis_proc = None
+    try:
+        url = f"http://127.0.0.1:{api_port}"
+        for _ in range(300):
+            try:
+                response = httpx.get(f"{url}/v1/jobs", timeout=5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("the API did not start: " + log.read_text())
+        assert response.status_code == 503, response.text
+        assert response.headers["Retry-After"]
+        assert "warm-up of redis skipped" in log.read_text()
+
+        redis_proc = start_redis(tmp_path / "redis", redis_port)
+        assert httpx.get(f"{url}/v1/jobs", timeout=10).status_code == 200
+    finally:
+        api.terminate()
+        api.wait(30)
+        if redis_proc is not None:
+            redis_proc.terminate()
+            redis_proc.wait(10)
 
 
 @pytest.mark.timeout(180)

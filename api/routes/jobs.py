@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,6 +20,7 @@ from services.errors import Conflict, InvalidInput, InvalidSpec, PayloadTooLarge
 from services.models import Job, JobSpec, Status
 from services.pipeline import cleanup_job_files, result_urls
 from services.settings import Settings
+from services.store import JobStore
 from services.submission import Submission, parse_client_json, submit
 from workers.canvas import enqueue
 from workers.celery_app import IO_QUEUE
@@ -97,60 +97,72 @@ async def create_job(
 ) -> JSONResponse:
     """Submit a job: multipart (video, spec, optional mask) or JSON with video_url."""
     content_type = request.headers.get("content-type", "")
-    folder = Path(tempfile.mkdtemp(prefix="upload-", dir=_upload_dir(settings)))
-    try:
-        if content_type.startswith("multipart/form-data"):
-            form = await request.form(max_files=2, max_fields=8)
-            spec_field = form.get("spec")
-            try:
-                spec = _parse_spec(spec_field if isinstance(spec_field, str) else None)
-            except ValidationError as exc:
-                return validation_response(exc, "spec")
-            video, mask = form.get("video"), form.get("mask")
-            if video is not None and not isinstance(video, UploadFile):
-                raise InvalidInput("'video' must be a file part", field="video")
-            if mask is not None and not isinstance(mask, UploadFile):
-                raise InvalidInput("'mask' must be a file part", field="mask")
-            submission = Submission(
-                tenant=tenant,
-                spec=spec,
-                video=await run_in_threadpool(
-                    _save_upload, video, folder, "video", settings.max_upload_bytes
-                )
-                if video
-                else None,
-                video_name=video.filename if video else None,
-                mask=await run_in_threadpool(
-                    _save_upload, mask, folder, "mask", settings.max_upload_bytes
-                )
-                if mask
-                else None,
-                mask_name=mask.filename if mask else None,
-                idempotency_key=idempotency_key,
-            )
-        elif content_type.startswith("application/json"):
-            body = parse_client_json(await request.body(), "body")
-            try:
-                spec = JobSpec.model_validate(body)
-            except ValidationError as exc:
-                return validation_response(exc, "spec")
-            submission = Submission(tenant=tenant, spec=spec, idempotency_key=idempotency_key)
-        else:
-            raise InvalidInput(
-                "send multipart/form-data (video + spec) or application/json (with video_url)",
-                field="content-type",
-            )
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=2, max_fields=8)
+        spec_field = form.get("spec")
+        try:
+            spec = _parse_spec(spec_field if isinstance(spec_field, str) else None)
+        except ValidationError as exc:
+            return validation_response(exc, "spec")
+        uploads: dict[str, UploadFile] = {}
+        for name in ("video", "mask"):
+            part = form.get(name)
+            if part is not None and not isinstance(part, UploadFile):
+                raise InvalidInput(f"'{name}' must be a file part", field=name)
+            if part is not None:
+                uploads[name] = part
+        submission = Submission(
+            tenant=tenant,
+            spec=spec,
+            video_name=uploads["video"].filename if "video" in uploads else None,
+            mask_name=uploads["mask"].filename if "mask" in uploads else None,
+            idempotency_key=idempotency_key,
+        )
+        job, created = await run_in_threadpool(
+            _submit_uploads, submission, uploads, store, storage, settings
+        )
+    elif content_type.startswith("application/json"):
+        body = parse_client_json(await request.body(), "body")
+        try:
+            spec = JobSpec.model_validate(body)
+        except ValidationError as exc:
+            return validation_response(exc, "spec")
+        submission = Submission(tenant=tenant, spec=spec, idempotency_key=idempotency_key)
         job, created = await run_in_threadpool(
             submit, submission, store=store, storage=storage, settings=settings, enqueue=enqueue
         )
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    else:
+        raise InvalidInput(
+            "send multipart/form-data (video + spec) or application/json (with video_url)",
+            field="content-type",
+        )
     logs.bind(job_id=job.id)
     log.info("job %s (%s, %s engine)", "accepted" if created else "replayed", job.mode, job.engine)
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
     return JSONResponse(render(job, storage, settings), status_code=202, headers=headers)
+
+
+def _submit_uploads(
+    submission: Submission,
+    uploads: dict[str, UploadFile],
+    store: JobStore,
+    storage: Any,
+    settings: Settings,
+) -> tuple[Job, bool]:
+    """Save the uploaded parts to a private folder, submit, and remove the folder.
+
+    Runs in a worker thread: every file operation of a submission stays off the
+    event loop, which keeps serving other requests meanwhile.
+    """
+    with tempfile.TemporaryDirectory(
+        prefix="upload-", dir=_upload_dir(settings), ignore_cleanup_errors=True
+    ) as folder:
+        for name, upload in uploads.items():
+            path = _save_upload(upload, Path(folder), name, settings.max_upload_bytes)
+            setattr(submission, name, path)
+        return submit(submission, store=store, storage=storage, settings=settings, enqueue=enqueue)
 
 
 def _upload_dir(settings: Settings) -> Path:
