@@ -4,8 +4,9 @@
 
 Starts vor as real processes (embedded Redis with AOF, the API, CPU and I/O
 workers) and ``vor svor-server --engine boxes`` (an upstream that answers with
-realistic latency but costs no pixels), then submits ``--jobs`` svor-engine
-jobs at ``--rate`` per second from concurrent clients. While it runs it
+realistic latency but costs no pixels), runs ``--warmup`` jobs to the end (a
+service under sustained load has long finished starting), then submits
+``--jobs`` svor-engine jobs at ``--rate`` per second from concurrent clients. While it runs it
 injects the faults of the reliability issue: the CPU worker is killed with
 SIGKILL (and restarted), Redis is restarted, and the upstream answers bursts
 of 429 (with Retry-After) and 502/504 storms. It then waits until every
@@ -77,7 +78,7 @@ async def submit_all(url: str, clip: Path, spec: dict, jobs: int, rate: float) -
                 return
             latency = time.perf_counter() - began
             if response.status_code == 202:
-                accepted.append((response.json()["id"], latency))
+                accepted.append((response.json()["id"], latency, began - start))
             else:
                 refused.append(response.status_code)
 
@@ -90,6 +91,22 @@ async def submit_all(url: str, clip: Path, spec: dict, jobs: int, rate: float) -
             tasks.append(asyncio.create_task(one(index)))
         await asyncio.gather(*tasks)
     return accepted, refused
+
+
+def warm_up(url: str, clip: Path, spec: dict, count: int, finish: bool) -> None:
+    """Jobs before the measured run, so it sees a service that has finished starting
+    (the workers' imports and first jobs), as sustained load does."""
+    with httpx.Client(base_url=url, timeout=30) as client:
+        ids = [
+            client.post(
+                "/v1/jobs",
+                data={"spec": json.dumps(spec)},
+                files={"video": ("clip.mp4", clip.read_bytes(), "video/mp4")},
+            ).json()["id"]
+            for _ in range(count)
+        ]
+    if finish:
+        wait_all(url, ids, timeout=300)
 
 
 def chaos(service: EmbeddedService, upstream: str, duration: float, log: list[str]) -> None:
@@ -159,6 +176,9 @@ def main() -> None:
         help="stop the workers first: submit latency of the API alone",
     )
     parser.add_argument("--drain-timeout", type=float, default=1800)
+    parser.add_argument(
+        "--warmup", type=int, default=4, help="jobs run to the end before the measured run"
+    )
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="vor-load-"))
@@ -176,6 +196,7 @@ def main() -> None:
         with EmbeddedService(folder / "vor", workers=args.workers, io_threads=16,
                              api_processes=args.api_processes, env=env) as service:  # fmt: skip
             duration = args.jobs / args.rate
+            warm_up(service.url, clip.path, spec, args.warmup, finish=not args.api_only)
             if args.api_only:
                 for name in ("worker-cpu", "worker-io"):
                     service.processes[name].terminate()
@@ -197,15 +218,16 @@ def main() -> None:
 
 
 def report(args, accepted, refused, status, submitted_s, done_s, events) -> None:  # noqa: ANN001
-    latencies = sorted(latency for _, latency in accepted)
+    latencies = sorted(latency for _, latency, _ in accepted)
     p50 = statistics.median(latencies) * 1000 if latencies else float("nan")
     p99 = latencies[int(0.99 * (len(latencies) - 1))] * 1000 if latencies else float("nan")
-    unique = len({job_id for job_id, _ in accepted})
+    unique = len({job_id for job_id, _, _ in accepted})
     counts = Counter(status.values())
     terminal = sum(counts[s] for s in ("succeeded", "failed", "canceled"))
     print(
         f"target rate {args.rate:g}/s, {args.jobs} submissions, {args.workers} CPU worker(s), "
-        f"upstream latency {args.latency:g} s, faults {'off' if args.no_faults else 'on'}"
+        f"upstream latency {args.latency:g} s, faults {'off' if args.no_faults else 'on'}, "
+        f"after {args.warmup} warm-up jobs"
     )
     for line in events:
         print(f"  fault {line}")
@@ -215,6 +237,14 @@ def report(args, accepted, refused, status, submitted_s, done_s, events) -> None
     )
     print(f"accepted/s          {len(accepted) / submitted_s:.1f}")
     print(f"submit latency      p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    slowest: dict[int, float] = {}
+    for _, latency, at in accepted:
+        slowest[int(at)] = max(slowest.get(int(at), 0.0), latency * 1000)
+    slow = [f"{second} s: {ms:.0f} ms" for second, ms in sorted(slowest.items()) if ms > 100]
+    print(f"seconds over 100 ms {', '.join(slow) or 'none'} (slowest submission in that second)")
+    if args.api_only:
+        print("jobs                not run: --api-only stops the workers before submitting")
+        return
     print(
         f"completed jobs/min  {counts['succeeded'] / done_s * 60:.1f} "
         f"(all terminal after {done_s:.0f} s)"
