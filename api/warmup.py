@@ -4,7 +4,7 @@ The first submissions a process serves pay once for what a submission first
 touches: PyAV's demuxer and decoder, the job store's and the broker's Redis
 connections, Celery's producer. Under a burst that cost is paid by many
 requests at once and queues up behind them (measured at 50 submissions/s:
-p99 near 200 ms in the first second, 55 ms once warm). The API pays it at
+submissions of the first second took up to 200 ms; a p99 of 55 ms once warm). The API pays it at
 startup instead; a part that fails (Redis not up yet) is left to the first
 request, as before.
 """
@@ -28,7 +28,7 @@ log = logging.getLogger("vor.api")
 
 def warm_up() -> None:
     began = time.perf_counter()
-    for name, step in (("media", _probe_a_clip), ("redis", _connect), ("broker", _connect_broker)):
+    for name, step in (("media", _probe_a_clip), ("redis", _connect), ("celery", _prepare_celery)):
         try:
             step()
         except Exception as exc:  # noqa: BLE001 - warming is best effort
@@ -47,7 +47,7 @@ def _connect() -> None:
     get_storage()
 
 
-def _connect_broker() -> None:
+def _prepare_celery() -> None:
     """Finalize the Celery app (its first canvas) and declare the queues a submission uses."""
     spec = JobSpec.model_validate(
         {"engine": "svor", "classes": [{"label": "warm", "boxes": [[0, 0, 1, 1]]}]}

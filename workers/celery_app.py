@@ -49,11 +49,19 @@ class UnwatchedRedisBackend(RedisBackend):
         return results
 
 
+def _backend(url: str) -> str:
+    """The result backend as Celery reads ``module:Class+url``; a broker URL's own
+    prefix (``redis+socket://``) is dropped, as Celery drops it from a backend URL."""
+    scheme, _, rest = url.partition("://")
+    if "+" in scheme:
+        url = f"{scheme.split('+', 1)[1]}://{rest}"
+    return f"{__name__}:{UnwatchedRedisBackend.__name__}+{url}"
+
+
 def make_app() -> Celery:
     settings = get_settings()
     url = broker_url(settings)
-    backend = f"{__name__}:{UnwatchedRedisBackend.__name__}+{url}"
-    app = Celery("vor", broker=url, backend=backend, include=["workers.tasks"])
+    app = Celery("vor", broker=url, backend=_backend(url), include=["workers.tasks"])
     transport = {"visibility_timeout": settings.visibility_timeout_s}
     app.conf.update(
         task_serializer="json",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -159,10 +160,20 @@ def _submit_uploads(
     with tempfile.TemporaryDirectory(
         prefix="upload-", dir=_upload_dir(settings), ignore_cleanup_errors=True
     ) as folder:
-        for name, upload in uploads.items():
-            path = _save_upload(upload, Path(folder), name, settings.max_upload_bytes)
-            setattr(submission, name, path)
-        return submit(submission, store=store, storage=storage, settings=settings, enqueue=enqueue)
+
+        def save(name: str) -> Path | None:
+            upload = uploads.get(name)
+            if upload is None:
+                return None
+            return _save_upload(upload, Path(folder), name, settings.max_upload_bytes)
+
+        return submit(
+            replace(submission, video=save("video"), mask=save("mask")),
+            store=store,
+            storage=storage,
+            settings=settings,
+            enqueue=enqueue,
+        )
 
 
 def _upload_dir(settings: Settings) -> Path:
