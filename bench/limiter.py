@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,23 +34,9 @@ from services.engines.svor_client import SvorClient, SvorPrompt  # noqa: E402
 from services.errors import VorError  # noqa: E402
 from services.ratelimit import UpstreamLimiter  # noqa: E402
 from services.synthetic import make_clip  # noqa: E402
+from tests.support.processes import start_svor_server  # noqa: E402
 
 GO_KEY = "bench:go"
-
-
-def start_svor(port: int, rate: float, log: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "svor-server", "--port", str(port),
-         "--rate-limit-per-s", str(rate)],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT,
-    )  # fmt: skip
-    for _ in range(300):
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/_stats", timeout=1)
-            return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError("svor-server did not start")
 
 
 def worker(job: dict[str, Any], results: Any) -> None:
@@ -154,7 +139,7 @@ def main() -> None:
     clip = make_clip(folder / "clip.mp4")
     redis_port, svor_port = free_port(), free_port()
     redis_proc = start_redis(folder / "redis", redis_port)
-    svor = start_svor(svor_port, args.rate, folder / "svor.log")
+    svor = start_svor_server(svor_port, folder / "svor.log", "--rate-limit-per-s", str(args.rate))
     common = {
         "redis_url": f"redis://127.0.0.1:{redis_port}/0",
         "svor_url": f"http://127.0.0.1:{svor_port}",

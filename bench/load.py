@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -36,24 +35,14 @@ sys.path.insert(0, str(ROOT))
 
 from services.embedded import EmbeddedService, free_port  # noqa: E402
 from services.synthetic import make_clip  # noqa: E402
-from tests.support.processes import kill_tree  # noqa: E402
+from tests.support.processes import kill_tree, start_svor_server  # noqa: E402
 
 
 def start_upstream(port: int, latency_s: float, log: Path) -> subprocess.Popen[bytes]:
     """The stand-in upstream, niced: in production it runs on other machines."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "svor-server", "--port", str(port),
-         "--engine", "boxes", "--task-latency-s", str(latency_s)],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT,
-        preexec_fn=lambda: os.nice(10),
-    )  # fmt: skip
-    for _ in range(300):
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/_stats", timeout=1)
-            return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError("svor-server did not start")
+    return start_svor_server(
+        port, log, "--engine", "boxes", "--task-latency-s", str(latency_s), niceness=10
+    )
 
 
 async def submit_all(url: str, clip: Path, spec: dict, jobs: int, rate: float) -> tuple[list, list]:

@@ -14,7 +14,6 @@ client retried through.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from services import media  # noqa: E402
 from services.client import VorClient  # noqa: E402
 from services.embedded import EmbeddedService, free_port  # noqa: E402
 from services.synthetic import make_clip  # noqa: E402
+from tests.support.processes import start_svor_server  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 STAGES = ["compress", "segment", "mask_convert", "merge", "erase", "publish"]
@@ -64,20 +64,6 @@ def running_car_clip() -> tuple[Path, Path] | None:
     video = SHARED / "running-car" / "running_car.mp4"
     mask = SHARED / "running-car" / "mask_square.png"
     return (video, mask) if video.exists() and mask.exists() else None
-
-
-def start_svor(port: int, log: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "svor-server", "--port", str(port)],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT,
-    )  # fmt: skip
-    for _ in range(300):
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/_stats", timeout=1)
-            return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError("svor-server did not start")
 
 
 def run_job(
@@ -119,7 +105,7 @@ def main() -> None:
     if car:
         clips["running-car 972x540x292 (mask)"] = (car[0], None, car[1])
     svor_port = free_port()
-    svor = start_svor(svor_port, folder / "svor.log")
+    svor = start_svor_server(svor_port, folder / "svor.log")
     svor_url = f"http://127.0.0.1:{svor_port}"
     env = {"VOR_SVOR_BASE_URL": svor_url, "VOR_MAX_DURATION_S": "600"}
     rows = []

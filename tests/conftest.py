@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +18,7 @@ import redis
 
 from services.embedded import EmbeddedService, free_port, start_redis
 from services.synthetic import SyntheticClip, make_clip
+from tests.support.processes import start_svor_server
 
 TEST_DB_BLOCKS = (4, 8)
 """A test session uses Redis databases base..base+3; two sessions may run side by side."""
@@ -83,23 +81,9 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def svor_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``vor svor-server`` as a real process, faults set per test through ``/_faults``."""
     port = free_port()
-    log = (tmp_path_factory.mktemp("svor") / "svor.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "svor-server", "--port", str(port),
-         "--api-key", SVOR_KEY],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    log = tmp_path_factory.mktemp("svor") / "svor.log"
+    proc = start_svor_server(port, log, "--api-key", SVOR_KEY)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"{url}/_stats", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        raise RuntimeError("svor-server did not start")
     yield url
     proc.terminate()
     proc.wait(10)

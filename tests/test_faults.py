@@ -20,7 +20,7 @@ import pytest
 from services import media
 from services.embedded import EmbeddedService
 from services.synthetic import SyntheticClip, make_clip
-from tests.conftest import API_KEYS, service_env
+from tests.conftest import api_client, service_env
 from tests.helpers import accepted, wait, wait_for_stage
 from tests.support.processes import kill_tree
 from tests.support.receiver import Receiver
@@ -48,8 +48,7 @@ def faulty(tmp_path_factory: pytest.TempPathFactory, svor_server: str) -> Iterat
 
 @pytest.fixture
 def client(faulty: EmbeddedService) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=faulty.url, timeout=30,
-                      headers={"Authorization": f"Bearer {API_KEYS['acme']}"}) as http:  # fmt: skip
+    with api_client(faulty) as http:
         yield http
 
 

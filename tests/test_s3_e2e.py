@@ -14,7 +14,7 @@ import redis
 from services import media
 from services.embedded import EmbeddedService
 from services.synthetic import SyntheticClip
-from tests.conftest import API_KEYS, service_env
+from tests.conftest import api_client, service_env
 from tests.helpers import accepted, wait, wait_for_stage
 from tests.support.proxy import TcpProxy
 from tests.support.s3 import s3_server  # noqa: F401
@@ -48,9 +48,7 @@ def test_job_results_land_in_s3_under_presigned_urls(
     tmp_path: Path,
 ) -> None:
     endpoint, bucket = s3_server
-    client = httpx.Client(
-        base_url=s3_service.url, headers={"Authorization": f"Bearer {API_KEYS['acme']}"}, timeout=30
-    )
+    client = api_client(s3_service)
     spec = {"classes": [{"label": "disc", "boxes": [clip.box(0)]}]}
     job = wait(client, accepted(client, spec, clip.path)["id"])
     assert job["status"] == "succeeded", job
@@ -97,8 +95,7 @@ def test_s3_outage_during_publish_is_retried(
     clip: SyntheticClip,
 ) -> None:
     service, proxy = s3_cut_off
-    client = httpx.Client(base_url=service.url, timeout=30,
-                          headers={"Authorization": f"Bearer {API_KEYS['acme']}"})  # fmt: skip
+    client = api_client(service)
     spec = {"classes": [{"label": "disc", "boxes": [clip.box(0)]}]}
     job = accepted(client, spec, clip.path)
     wait_for_stage(client, job["id"], "publish")

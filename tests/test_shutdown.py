@@ -7,13 +7,12 @@ import signal
 import time
 from collections.abc import Iterator
 
-import httpx
 import pytest
 import redis
 
 from services.embedded import EmbeddedService
 from services.synthetic import make_clip
-from tests.conftest import API_KEYS, service_env
+from tests.conftest import api_client, service_env
 from tests.helpers import accepted, wait, wait_for_stage
 
 LONG_ERASE_S = 12.0
@@ -39,8 +38,7 @@ def test_sigterm_mid_stage_hands_the_message_back_at_once(
     slow: EmbeddedService, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     clip = make_clip(tmp_path_factory.mktemp("c") / "c.mp4", frames=8)
-    client = httpx.Client(base_url=slow.url, timeout=30,
-                          headers={"Authorization": f"Bearer {API_KEYS['acme']}"})  # fmt: skip
+    client = api_client(slow)
     spec = {"classes": [{"label": "disc", "boxes": [clip.box(0)]}]}
     job = accepted(client, spec, clip.path)
     wait_for_stage(client, job["id"], "erase")

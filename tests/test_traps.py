@@ -16,7 +16,7 @@ import redis
 
 from services.embedded import EmbeddedService
 from services.synthetic import SyntheticClip, make_clip
-from tests.conftest import API_KEYS, service_env
+from tests.conftest import api_client, service_env
 from tests.helpers import accepted, wait, wait_for_stage
 
 VISIBILITY_S = 3
@@ -42,8 +42,7 @@ def trap(tmp_path_factory: pytest.TempPathFactory, svor_server: str) -> Iterator
 
 @pytest.fixture
 def client(trap: EmbeddedService) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=trap.url, timeout=30,
-                      headers={"Authorization": f"Bearer {API_KEYS['acme']}"}) as http:  # fmt: skip
+    with api_client(trap) as http:
         yield http
 
 

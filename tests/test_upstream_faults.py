@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from services.embedded import EmbeddedService, free_port
 from services.synthetic import SyntheticClip, make_clip
 from tests.conftest import SVOR_KEY, api_client, service_env
 from tests.helpers import accepted, wait
+from tests.support.processes import start_svor_server
 from tests.support.receiver import Receiver
 
 FAULTS_DB_OFFSET = 3
@@ -53,21 +53,7 @@ class StandIn:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, api_key: str) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "svor-server",
-                 "--port", str(self.port), "--api-key", api_key],
-                stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{self.url}/_stats", timeout=1).raise_for_status()
-                return
-            except httpx.HTTPError:
-                assert self.proc.poll() is None, f"svor-server exited; see {self.log}"
-                assert time.monotonic() < deadline, "svor-server did not start"
-                time.sleep(0.1)
+        self.proc = start_svor_server(self.port, self.log, "--api-key", api_key)
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -6,7 +6,13 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def descendants(pid: int) -> list[int]:
@@ -39,3 +45,28 @@ def kill_tree(pid: int, sig: int = signal.SIGKILL) -> list[int]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(victim, sig)
     return victims
+
+
+def start_svor_server(
+    port: int, log: Path, *args: str, niceness: int = 0
+) -> subprocess.Popen[bytes]:
+    """``vor svor-server`` on ``port`` as a real process, returned once it answers.
+
+    Its output is appended to ``log``, so a server restarted on the same port
+    keeps one log.
+    """
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "svor-server", "--port", str(port), *args],
+            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+            preexec_fn=(lambda: os.nice(niceness)) if niceness else None,
+        )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/_stats", timeout=1).raise_for_status()
+            return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"svor-server did not start; see {log}")
