@@ -15,6 +15,7 @@ from typing import Any
 from services import logs, media
 from services.client import ApiError, ProgressBar, VorClient
 from services.embedded import EmbeddedService
+from services.errors import VorError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(handler(args) or 0)
     except (ApiError, UsageError) as exc:
         print(f"vor: {exc}", file=sys.stderr)
+        return 2
+    except VorError as exc:
+        print(f"vor: {exc.message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -157,3 +157,15 @@ def test_remove_reports_a_bad_prompt_clearly(
     )  # fmt: skip
     assert proc.returncode == 2
     assert "unsupported_prompt" in proc.stderr and "classes[0].text" in proc.stderr
+
+
+def test_remove_reports_a_file_that_is_not_a_video_clearly(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("not a video")
+    proc = subprocess.run(
+        [*VOR, "remove", str(notes), "--boxes", "0,0,10,10"],
+        env=clean_env(tmp_path), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("vor: the file is not a readable video"), proc.stderr
+    assert "Traceback" not in proc.stderr
