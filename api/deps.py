@@ -9,7 +9,7 @@ from fastapi import Depends, Header, Path
 from fastapi.concurrency import run_in_threadpool
 
 from services import logs
-from services.errors import NotFound, Unauthorized
+from services.errors import Unauthorized
 from services.models import Job
 from services.runtime import get_storage, get_store, resolved_settings
 from services.settings import Settings
@@ -69,10 +69,7 @@ TenantDep = Annotated[str, Depends(_tenant)]
 def _current_job(
     job_id: Annotated[str, Path(alias="id", max_length=64)], tenant: TenantDep, store: JobStoreDep
 ) -> Job:
-    try:
-        job = store.get_for(tenant, job_id)
-    except NotFound:
-        raise NotFound(f"job {job_id} does not exist", field="id") from None
+    job = store.get_for(tenant, job_id)
     logs.bind(job_id=job.id)
     return job
 

@@ -263,7 +263,7 @@ def compress(run: StageRun) -> None:
         downloaded = submission.download_video(
             job.spec.video_url, run.out("download"), run.res.settings
         )
-        run.store("input", downloaded, run.key("input" + _suffix_of(job.spec.video_url)))
+        run.store("input", downloaded, run.key("input" + _url_suffix(job.spec.video_url)))
     source = run.fetch("input")
     if job.input is None:
         info = submission.probe_upload(source, job.engine, run.res.settings)
@@ -288,9 +288,8 @@ def compress(run: StageRun) -> None:
     run.progress(1.0)
 
 
-def _suffix_of(url: str) -> str:
-    suffix = Path(url.split("?")[0]).suffix.lower()
-    return suffix if suffix in submission.VIDEO_SUFFIXES else ".mp4"
+def _url_suffix(url: str) -> str:
+    return submission.suffix_of(url.split("?")[0], submission.VIDEO_SUFFIXES, ".mp4")
 
 
 def segment(run: StageRun, label: str | None) -> None:

@@ -48,8 +48,7 @@ class JobStore:
         if job.idempotency_key:
             idem = self._key("idem", job.tenant, job.idempotency_key)
             if not self.redis.set(idem, job.id, nx=True, ex=24 * 3600):
-                existing_id = self._get(idem)
-                existing = self.get(existing_id.decode()) if existing_id else None
+                existing = self.by_idempotency_key(job.tenant, job.idempotency_key)
                 if existing is not None:
                     return existing, False
                 self.redis.set(idem, job.id, ex=24 * 3600)
@@ -165,10 +164,6 @@ class JobStore:
 
     def release_lease(self, name: str, token: str) -> None:
         self._release(keys=[self._key("lease", name)], args=[token])
-
-    def lease_holder(self, name: str) -> str | None:
-        value = self._get(self._key("lease", name))
-        return value.decode() if value else None
 
     def set_progress(self, job_id: str, progress: float) -> Job:
         def change(job: Job) -> None:

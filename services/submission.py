@@ -147,7 +147,8 @@ def check_url(url: str, field: str, settings: Settings) -> None:
     check(url, settings.allowed_networks(), trusted_prefixes=(settings.svor_base_url,), field=field)
 
 
-def _suffix(name: str | None, allowed: set[str], default: str) -> str:
+def suffix_of(name: str | None, allowed: set[str], default: str) -> str:
+    """The name's extension if it is one of ``allowed`` (and plainly spelled), else ``default``."""
     suffix = Path(name or "").suffix.lower()
     return suffix if suffix in allowed and re.fullmatch(r"\.[a-z0-9]{1,5}", suffix) else default
 
@@ -312,11 +313,11 @@ def submit(
         idempotency_key=sub.idempotency_key,
     )
     if sub.video is not None:
-        key = f"jobs/{job.id}/input{_suffix(sub.video_name, VIDEO_SUFFIXES, '.mp4')}"
+        key = f"jobs/{job.id}/input{suffix_of(sub.video_name, VIDEO_SUFFIXES, '.mp4')}"
         storage.put_file(key, sub.video)
         job.artifacts["input"] = key
     if sub.mask is not None:
-        suffix = _suffix(sub.mask_name, VIDEO_SUFFIXES | IMAGE_SUFFIXES, ".bin")
+        suffix = suffix_of(sub.mask_name, VIDEO_SUFFIXES | IMAGE_SUFFIXES, ".bin")
         key = f"jobs/{job.id}/mask_upload{suffix}"
         storage.put_file(key, sub.mask)
         job.artifacts["mask_upload"] = key

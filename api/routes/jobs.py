@@ -11,11 +11,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from api.deps import CurrentJob, JobStoreDep, SettingsDep, StorageDep, TenantDep
-from api.errors import validation_response
 from services import logs
 from services.errors import Conflict, InvalidInput, InvalidSpec, PayloadTooLarge
 from services.models import Job, JobSpec, Status
@@ -101,10 +99,7 @@ async def create_job(
     if content_type.startswith("multipart/form-data"):
         form = await request.form(max_files=2, max_fields=8)
         spec_field = form.get("spec")
-        try:
-            spec = _parse_spec(spec_field if isinstance(spec_field, str) else None)
-        except ValidationError as exc:
-            return validation_response(exc, "spec")
+        spec = _parse_spec(spec_field if isinstance(spec_field, str) else None)
         uploads: dict[str, UploadFile] = {}
         for name in ("video", "mask"):
             part = form.get(name)
@@ -124,10 +119,7 @@ async def create_job(
         )
     elif content_type.startswith("application/json"):
         body = parse_client_json(await request.body(), "body")
-        try:
-            spec = JobSpec.model_validate(body)
-        except ValidationError as exc:
-            return validation_response(exc, "spec")
+        spec = JobSpec.model_validate(body)
         submission = Submission(tenant=tenant, spec=spec, idempotency_key=idempotency_key)
         job, created = await run_in_threadpool(
             submit, submission, store=store, storage=storage, settings=settings, enqueue=enqueue
