@@ -3,8 +3,8 @@
 The first submissions a process serves pay once for what a submission first
 touches: PyAV's demuxer and decoder, the job store's and the broker's Redis
 connections, Celery's producer. Under a burst that cost is paid by many
-requests at once and queues up behind them (measured at 50 submissions/s:
-submissions of the first second took up to 200 ms; a p99 of 55 ms once warm). The API pays it at
+requests at once and queues up behind them (`bench/load.py` at 50
+submissions/s shows it as slow submissions in the first second). The API pays it at
 startup instead; a part that fails (Redis not up yet) is left to the first
 request, as before.
 """
