@@ -20,8 +20,8 @@ from services.embedded import EmbeddedService, free_port, start_redis
 from services.synthetic import SyntheticClip, make_clip
 from tests.support.processes import start_svor_server
 
-TEST_DB_BLOCKS = (4, 8)
-"""A test session uses Redis databases base..base+3; two sessions may run side by side."""
+TEST_DB_BLOCKS = (0, 4, 8, 11)
+"""A test session uses Redis databases base..base+3; four sessions may run side by side."""
 LOCK_DB = 15
 WEBHOOK_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtZm9yLXZvci10ZXN0cw=="
 API_KEYS = {"acme": "key-acme", "globex": "key-globex"}
