@@ -455,9 +455,15 @@ STAGES: dict[Stage, Callable[..., None]] = {
 
 
 def result_urls(job: Job, storage: Any, expires_s: int) -> dict[str, str]:
-    """The client-facing URLs of a job's published files, signed afresh."""
-    return {
+    """The client-facing URLs of a job's published files, signed afresh.
+
+    ``input_url`` is the video as the client sent it, for before/after views.
+    """
+    urls = {
         name.removeprefix("result:"): storage.url(key, expires_s=expires_s)
         for name, key in job.artifacts.items()
         if name.startswith("result:")
     }
+    if "input" in job.artifacts:
+        urls["input_url"] = storage.url(job.artifacts["input"], expires_s=expires_s)
+    return urls
