@@ -250,6 +250,8 @@ def _reused(
             if k in {"input", "work"} or k.startswith("segment:")
         }
         return artifacts, dict(source.segments), []
+    if "input" not in source.artifacts:
+        raise InvalidSpec(f"from_job {source.id} kept no video to reuse", field="from_job")
     artifacts = {"input": source.artifacts["input"]}
     if engine != source.engine or "work" not in source.artifacts:
         return artifacts, {}, []

@@ -5,6 +5,7 @@ export function el(tag, attrs = {}, ...children) {
   for (const [name, value] of Object.entries(attrs)) {
     if (value === null || value === undefined || value === false) continue;
     if (name === "class") node.className = value;
+    else if (name === "style") setStyle(node, value);
     else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
     else if (name in node && typeof value !== "string") node[name] = value;
     else node.setAttribute(name, value === true ? "" : value);
@@ -14,6 +15,14 @@ export function el(tag, attrs = {}, ...children) {
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
   return node;
+}
+
+// Styles go through the CSSOM: the console's CSP refuses style attributes.
+function setStyle(node, text) {
+  for (const rule of text.split(";")) {
+    const colon = rule.indexOf(":");
+    if (colon > 0) node.style.setProperty(rule.slice(0, colon).trim(), rule.slice(colon + 1).trim());
+  }
 }
 
 export function announce(text) {

@@ -34,6 +34,7 @@ function percent(progress) {
 function update(state) {
   const badge = document.getElementById("job-status");
   if (!badge) return;
+  root.dataset.events = String(Number(root.dataset.events || 0) + 1);
   badge.textContent = state.status;
   badge.className = `badge ${state.status}`;
   document.getElementById("job-stage").textContent = state.stage ? `stage: ${state.stage}` : "";
@@ -212,7 +213,7 @@ function review(job) {
     };
     act(remove, () => api("v1/jobs", { method: "POST", json: spec }), (made) => (location.hash = `#job=${made.id}`));
   };
-  return el("div", { class: "review" }, el("h3", { class: "visually-hidden" }, "Review"), sections, el("div", { class: "actions sticky" }, remove, summary));
+  return el("div", { class: "review" }, el("h3", { class: "visually-hidden" }, "Review"), sections, el("div", { class: "actions remove-bar" }, remove, summary));
 }
 
 function compare(before, after) {
@@ -271,7 +272,8 @@ function links(job) {
   return Object.entries(job.result).sort().map(([name, url]) => {
     const base = Object.keys(LINKS).find((k) => name === k || name.startsWith(`${k}_`));
     const suffix = base ? name.slice(base.length) : "";
-    const cls = job.mode === "segment" && labels.get(suffix) ? ` (class ${labels.get(suffix)})` : "";
+    const perClass = job.mode === "segment" && base !== "input_url";
+    const cls = perClass && labels.get(suffix) ? ` (class ${labels.get(suffix)})` : "";
     const text = `${LINKS[base] || name}${base === "mask_url" && job.mode === "segment" ? " (object ids)" : ""}${cls}`;
     return el("li", {}, el("a", { href: url, download: "", "data-name": name }, text));
   });
@@ -308,6 +310,7 @@ export function setup(onError) {
 export async function show(id, signal) {
   title.textContent = `Job ${id}`;
   root.dataset.status = "";
+  root.dataset.events = "0";
   root.replaceChildren(el("p", { class: "muted" }, "Loading…"), el("p", { class: "field-error form-error", role: "alert", id: "job-error-slot" }));
   try {
     let job = await api(`v1/jobs/${id}`, { signal });

@@ -37,7 +37,7 @@ async function act(node, request, after) {
 }
 
 function row(job) {
-  const cells = el("td", { class: "actions" });
+  const cells = el("div", { class: "row-actions" });
   if (!TERMINAL.has(job.status)) {
     cells.append(button("Cancel", "cancel", (e) => act(e.target, () => api(`v1/jobs/${job.id}/cancel`, { method: "POST" }))));
   }
@@ -71,7 +71,7 @@ function row(job) {
     el("td", {}, el("span", { class: `badge ${job.status}` }, job.status)),
     el("td", { class: "progress" }, el("progress", { max: 1, value: job.progress, "aria-label": `Progress of ${job.id}` }), ` ${job.stage || ""}`),
     el("td", { class: "error" }, error),
-    cells,
+    el("td", {}, cells),
   );
 }
 
