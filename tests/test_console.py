@@ -306,6 +306,12 @@ def test_two_classes_then_one_prompted_again(
     assert first["status"] == "succeeded", first
     assert [c["label"] for c in first["spec"]["classes"]] == ["top", "bottom"]
     assert len(page.all(".class-review")) == 2
+    page.wait(
+        lambda d: d.execute_script(
+            "return [...document.querySelectorAll('video.overlay')].every(v => v.readyState >= 2)"
+        ),
+        what="the overlay videos to load",
+    )
     page.shot("review-two-classes")
     page.css('.class-review[data-field="targets.bottom"] a.button').click()
 

@@ -7,9 +7,11 @@ a class of an earlier one (``from_job``), and the console's static files.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import queue
 import threading
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -177,3 +179,14 @@ def test_the_console_is_served_with_its_assets(service: EmbeddedService) -> None
     for name in ("nope.js", "..", "index.py", "%2e%2e%2fapp.py"):
         assert httpx.get(f"{service.url}/ui/{name}").status_code == 404, name
     assert "/ui/" not in httpx.get(f"{service.url}/openapi.json").json()["paths"]
+
+
+def test_every_console_file_ships_in_the_package() -> None:
+    """``pip install .`` takes package data by the globs in pyproject.toml: each file matches."""
+    root = Path(__file__).resolve().parents[1]
+    config = tomllib.loads((root / "pyproject.toml").read_text())
+    globs = config["tool"]["setuptools"]["package-data"]["api"]
+    files = [p.relative_to(root / "api") for p in (root / "api" / "ui").iterdir()]
+    assert files
+    for name in files:
+        assert any(fnmatch.fnmatch(str(name), glob) for glob in globs), name

@@ -170,7 +170,7 @@ function classReview(job, cls, index, chosen, onChoose) {
       "div",
       { class: "review-row" },
       wrap,
-      overlay ? el("figure", {}, el("video", { src: overlay, controls: true, muted: true, loop: true, playsinline: true, preload: "metadata", class: "overlay" }), el("figcaption", {}, "Overlay")) : null,
+      overlay ? el("figure", {}, el("video", { src: overlay, controls: true, muted: true, loop: true, playsinline: true, preload: "auto", class: "overlay" }), el("figcaption", {}, "Overlay")) : null,
     ),
     el(
       "fieldset",
@@ -307,8 +307,9 @@ export function setup(onError) {
   fail = onError;
 }
 
-export async function show(id, signal) {
-  title.textContent = `Job ${id}`;
+export async function show(given, signal) {
+  const id = encodeURIComponent(given);
+  title.textContent = `Job ${given}`;
   root.dataset.status = "";
   root.dataset.events = "0";
   root.replaceChildren(el("p", { class: "muted" }, "Loading…"), el("p", { class: "field-error form-error", role: "alert", id: "job-error-slot" }));

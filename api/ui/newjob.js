@@ -248,6 +248,10 @@ async function chooseFile(file) {
     facts.textContent = `${file.name}: vor can read it (${measured.frames} frames at ${measured.fps} fps), but this browser cannot show its frames; convert it to MP4 (H.264) to draw prompts, or use text prompts with svor.`;
     return;
   }
+  for (const cls of model.classes) {
+    cls.prompts = [];
+    cls.frame = null;
+  }
   state.facts = { ...measured, width: video.videoWidth, height: video.videoHeight };
   facts.textContent = `${file.name}: ${state.facts.width}×${state.facts.height}, ${state.facts.frames} frames at ${Math.round(state.facts.fps * 100) / 100} fps`;
   openEditor(0);
@@ -274,7 +278,7 @@ function reset() {
 
 // The form on a finished segment job: its video and prompts, ready to change.
 async function reprompt(jobId, signal) {
-  const job = await api(`v1/jobs/${jobId}`, { signal });
+  const job = await api(`v1/jobs/${encodeURIComponent(jobId)}`, { signal });
   model.classes = [];
   for (const c of job.spec.classes) {
     const cls = newClass(c.label);
