@@ -24,8 +24,6 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support.ui import Select
 
 from services import media
 from services.embedded import EmbeddedService, free_port
@@ -35,10 +33,13 @@ from tests.helpers import accepted
 from tests.support import browser
 from tests.support.receiver import Receiver
 
-pytestmark = [
-    pytest.mark.timeout(180),
-    pytest.mark.skipif(bool(browser.missing()), reason=f"no browser: {browser.missing()}"),
-]
+if why := browser.missing():
+    pytest.skip(f"the console's browser tests need Chromium: {why}", allow_module_level=True)
+
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import Select  # noqa: E402
+
+pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture(scope="session")
