@@ -455,15 +455,15 @@ STAGES: dict[Stage, Callable[..., None]] = {
 
 
 def result_urls(job: Job, storage: Any, expires_s: int) -> dict[str, str]:
-    """The client-facing URLs of a job's published files, signed afresh.
-
-    ``input_url`` is the video as the client sent it, for before/after views.
-    """
-    urls = {
+    """The client-facing URLs of a job's published files, signed afresh."""
+    return {
         name.removeprefix("result:"): storage.url(key, expires_s=expires_s)
         for name, key in job.artifacts.items()
         if name.startswith("result:")
     }
-    if "input" in job.artifacts:
-        urls["input_url"] = storage.url(job.artifacts["input"], expires_s=expires_s)
-    return urls
+
+
+def input_url(job: Job, storage: Any, expires_s: int) -> str | None:
+    """The video as the client sent it, signed afresh (for before/after views)."""
+    key = job.artifacts.get("input")
+    return storage.url(key, expires_s=expires_s) if key else None

@@ -40,10 +40,11 @@ def test_a_job_shows_its_spec_and_a_signed_url_of_its_input(
     assert job["spec"]["mode"] == "segment"
     assert job["spec"]["classes"][0]["boxes"] == [list(clip.box(0))]
     assert job["spec"]["classes"][0]["label"] == "disc"
-    before = httpx.get(job["result"]["input_url"])
+    assert "input_url" not in job["result"], "result holds what the job made"
+    before = httpx.get(job["input_url"])
     assert before.status_code == 200
     assert before.content == clip.path.read_bytes()
-    assert httpx.get(job["result"]["input_url"] + "x").status_code == 401
+    assert httpx.get(job["input_url"] + "x").status_code == 401
 
 
 @contextmanager
@@ -149,7 +150,7 @@ def test_a_segment_job_reprompts_one_class_and_reuses_the_other(
     assert again["segments"]["top"] == first["segments"]["top"]
     assert again["segments"]["bottom"]["objects"][0]["box"] == pytest.approx([x, y, w, h], abs=0.08)
     assert {"preview_url", "preview_url_bottom", "overlay_url_bottom"} <= set(again["result"])
-    assert httpx.get(again["result"]["input_url"]).content == clip2.path.read_bytes()
+    assert httpx.get(again["input_url"]).content == clip2.path.read_bytes()
 
     removed = wait(
         acme,

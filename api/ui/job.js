@@ -240,7 +240,7 @@ function compare(before, after) {
 }
 
 function result(job) {
-  const before = job.result.input_url;
+  const before = job.input_url;
   const after = job.result.video_url;
   const v1 = el("video", { src: before, controls: true, muted: true, playsinline: true, preload: "auto", id: "before-video" });
   const v2 = el("video", { src: after, controls: true, muted: true, playsinline: true, preload: "auto", id: "after-video" });
@@ -269,7 +269,8 @@ function result(job) {
 
 function links(job) {
   const labels = new Map(job.spec.classes.map((c, i) => [i === 0 ? "" : `_${c.label}`, c.label]));
-  return Object.entries(job.result).sort().map(([name, url]) => {
+  const files = { ...job.result, ...(job.input_url ? { input_url: job.input_url } : {}) };
+  return Object.entries(files).sort().map(([name, url]) => {
     const base = Object.keys(LINKS).find((k) => name === k || name.startsWith(`${k}_`));
     const suffix = base ? name.slice(base.length) : "";
     const perClass = job.mode === "segment" && base !== "input_url";

@@ -307,7 +307,7 @@ async function reprompt(jobId, signal) {
   segmentButton.textContent = "Segment again";
   renderClasses();
   const video = document.getElementById("source");
-  await load(video, job.result.input_url);
+  await load(video, job.input_url);
   state.facts = { fps: job.input.fps, frames: job.input.frames, width: video.videoWidth, height: video.videoHeight };
   facts.textContent = "";
   openEditor(model.classes[0].frame || 0);
