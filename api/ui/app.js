@@ -17,7 +17,11 @@ let current = null;
 function fail(error, root, fallback) {
   if (error.status === 401) {
     clearErrors(auth);
-    showError(auth, { ...error, field: "Authorization", code: error.code, message: error.message }, auth.querySelector(".field-error"));
+    showError(
+      auth,
+      { ...error, field: "Authorization", code: error.code, message: error.message },
+      auth.querySelector(".field-error"),
+    );
     authState.textContent = "";
     keyInput.focus();
     return;

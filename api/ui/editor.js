@@ -167,7 +167,9 @@ export class Editor {
   // A class is prompted on one frame: the first prompt fixes it.
   claim(cls) {
     if (cls.prompts.length && cls.frame !== this.frame) {
-      this.say(`class "${cls.label}" is prompted on frame ${cls.frame}: go to that frame, or delete its prompts to use this one`);
+      this.say(
+        `class "${cls.label}" is prompted on frame ${cls.frame}: go to that frame, or delete its prompts to use this one`,
+      );
       return false;
     }
     cls.frame = this.frame;
@@ -236,10 +238,20 @@ export class Editor {
     ctx.setLineDash([line * 3, line * 2]);
     ctx.strokeStyle = "#ffffff";
     ctx.lineWidth = line;
-    const pending = this.drag && this.tool === "box" ? [this.drag.start, this.drag.end] : this.corner ? [this.corner, this.cursor] : null;
+    const pending =
+      this.drag && this.tool === "box"
+        ? [this.drag.start, this.drag.end]
+        : this.corner
+          ? [this.corner, this.cursor]
+          : null;
     if (pending) {
       const [a, b] = pending;
-      ctx.strokeRect(Math.min(a[0], b[0]) * W, Math.min(a[1], b[1]) * H, Math.abs(a[0] - b[0]) * W, Math.abs(a[1] - b[1]) * H);
+      ctx.strokeRect(
+        Math.min(a[0], b[0]) * W,
+        Math.min(a[1], b[1]) * H,
+        Math.abs(a[0] - b[0]) * W,
+        Math.abs(a[1] - b[1]) * H,
+      );
     }
     ctx.setLineDash([]);
     if (this.focused) {

@@ -39,14 +39,22 @@ async function act(node, request, after) {
 function row(job) {
   const cells = el("div", { class: "row-actions" });
   if (!TERMINAL.has(job.status)) {
-    cells.append(button("Cancel", "cancel", (e) => act(e.target, () => api(`v1/jobs/${job.id}/cancel`, { method: "POST" }))));
+    cells.append(
+      button("Cancel", "cancel", (e) =>
+        act(e.target, () => api(`v1/jobs/${job.id}/cancel`, { method: "POST" })),
+      ),
+    );
   }
   if (TERMINAL.has(job.status) && job.spec.webhook_url) {
     cells.append(
       button("Redeliver webhook", "redeliver", (e) =>
-        act(e.target, () => api(`v1/jobs/${job.id}/webhooks/redeliver`, { method: "POST" }), (r) => {
-          e.target.textContent = `${r.event} queued`;
-        }),
+        act(
+          e.target,
+          () => api(`v1/jobs/${job.id}/webhooks/redeliver`, { method: "POST" }),
+          (r) => {
+            e.target.textContent = `${r.event} queued`;
+          },
+        ),
       ),
     );
   }
@@ -57,10 +65,16 @@ function row(job) {
         e.target.textContent = "Really delete?";
         return;
       }
-      act(e.target, () => api(`v1/jobs/${job.id}`, { method: "DELETE" }), () => drop(job.id));
+      act(
+        e.target,
+        () => api(`v1/jobs/${job.id}`, { method: "DELETE" }),
+        () => drop(job.id),
+      );
     }),
   );
-  const error = job.error ? `${job.error.message} (${job.error.code}${job.error.stage ? `, ${job.error.stage}` : ""})` : "";
+  const error = job.error
+    ? `${job.error.message} (${job.error.code}${job.error.stage ? `, ${job.error.stage}` : ""})`
+    : "";
   return el(
     "tr",
     { "data-id": job.id, "data-status": job.status },
@@ -69,7 +83,12 @@ function row(job) {
     el("td", {}, job.mode),
     el("td", {}, job.engine),
     el("td", {}, el("span", { class: `badge ${job.status}` }, job.status)),
-    el("td", { class: "progress" }, el("progress", { max: 1, value: job.progress, "aria-label": `Progress of ${job.id}` }), ` ${job.stage || ""}`),
+    el(
+      "td",
+      { class: "progress" },
+      el("progress", { max: 1, value: job.progress, "aria-label": `Progress of ${job.id}` }),
+      ` ${job.stage || ""}`,
+    ),
     el("td", { class: "error" }, error),
     el("td", {}, cells),
   );

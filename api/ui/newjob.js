@@ -28,7 +28,8 @@ let fail = () => {};
 
 function newClass(label) {
   const used = new Set(model.classes.map((c) => c.colour));
-  const colour = CLASS_COLOURS.find((c) => !used.has(c)) || CLASS_COLOURS[model.classes.length % CLASS_COLOURS.length];
+  const colour =
+    CLASS_COLOURS.find((c) => !used.has(c)) || CLASS_COLOURS[model.classes.length % CLASS_COLOURS.length];
   return { label, text: "", remove_prompt: "", frame: null, prompts: [], colour };
 }
 
@@ -64,16 +65,20 @@ function renderPrompts(index) {
           { class: `prompt ${prompt.kind}` },
           describe(prompt, width, height),
           " ",
-          el("button", {
-            type: "button",
-            class: "small",
-            "aria-label": `Delete ${describe(prompt, width, height)} of ${cls.label}`,
-            onclick: () => {
-              cls.prompts.splice(i, 1);
-              if (!cls.prompts.length) cls.frame = null;
-              changed();
+          el(
+            "button",
+            {
+              type: "button",
+              class: "small",
+              "aria-label": `Delete ${describe(prompt, width, height)} of ${cls.label}`,
+              onclick: () => {
+                cls.prompts.splice(i, 1);
+                if (!cls.prompts.length) cls.frame = null;
+                changed();
+              },
             },
-          }, "Delete"),
+            "Delete",
+          ),
         ),
       ),
     ),
@@ -100,7 +105,12 @@ function classCard(cls, index) {
     );
   return el(
     "div",
-    { class: "class-card", "data-field": `classes[${index}]`, "data-index": String(index), style: `--colour: ${cls.colour}` },
+    {
+      class: "class-card",
+      "data-field": `classes[${index}]`,
+      "data-index": String(index),
+      style: `--colour: ${cls.colour}`,
+    },
     el(
       "div",
       { class: "class-head" },
@@ -119,16 +129,20 @@ function classCard(cls, index) {
         }),
         ` Draw for class ${index + 1}`,
       ),
-      el("button", {
-        type: "button",
-        class: "small",
-        disabled: model.classes.length === 1,
-        onclick: () => {
-          model.classes.splice(index, 1);
-          model.active = Math.min(model.active, model.classes.length - 1);
-          renderClasses();
+      el(
+        "button",
+        {
+          type: "button",
+          class: "small",
+          disabled: model.classes.length === 1,
+          onclick: () => {
+            model.classes.splice(index, 1);
+            model.active = Math.min(model.active, model.classes.length - 1);
+            renderClasses();
+          },
         },
-      }, `Remove class ${index + 1}`),
+        `Remove class ${index + 1}`,
+      ),
     ),
     input("label", "Label", { required: true, pattern: "[A-Za-z0-9_\\-]{1,64}", spellcheck: "false" }),
     input("text", "Text prompt (svor)", { placeholder: "e.g. person" }),
@@ -229,7 +243,10 @@ async function chooseFile(file) {
   const video = document.getElementById("source");
   const [header, playable] = await Promise.all([
     mp4Facts(file),
-    load(video, state.url).then(() => true, () => false),
+    load(video, state.url).then(
+      () => true,
+      () => false,
+    ),
   ]);
   if (state.file !== file) return;
   let measured = header;
@@ -308,7 +325,12 @@ async function reprompt(jobId, signal) {
   renderClasses();
   const video = document.getElementById("source");
   await load(video, job.input_url);
-  state.facts = { fps: job.input.fps, frames: job.input.frames, width: video.videoWidth, height: video.videoHeight };
+  state.facts = {
+    fps: job.input.fps,
+    frames: job.input.frames,
+    width: video.videoWidth,
+    height: video.videoHeight,
+  };
   facts.textContent = "";
   openEditor(model.classes[0].frame || 0);
 }
@@ -342,7 +364,8 @@ export async function show(route, signal) {
     try {
       await reprompt(route.reprompt, signal);
     } catch (exc) {
-      if (exc.name !== "AbortError") fail(exc instanceof ApiError ? exc : new ApiError(0, "video", exc.message), form, formError);
+      if (exc.name !== "AbortError")
+        fail(exc instanceof ApiError ? exc : new ApiError(0, "video", exc.message), form, formError);
     }
   } else if (state.fromJob) {
     reset();
