@@ -431,6 +431,11 @@ def test_the_job_list_updates_live(
         assert [json.loads(r.body)["type"] for r in again] == ["job.succeeded"] * 2
         assert again[0].headers["webhook-id"] == again[1].headers["webhook-id"]
 
+    burst = [accepted(client, spec | {"video_url": f"{vor_serve}/n{i}.mp4"}) for i in range(15)]
+    for job in burst:
+        row_status(page, job["id"], "failed")
+    page.shot("a-burst")
+
     delete = click_in_row(page, kept["id"], "button.delete")
     assert delete.text == "Really delete?"
     delete.click()

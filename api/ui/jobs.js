@@ -94,21 +94,35 @@ function row(job) {
   );
 }
 
+const known = new Map();
+const pending = new Map();
+let flushing = null;
+const MAX_ROWS = 200;
+const MAX_READS = 10;
+
 function find(id) {
   return body.querySelector(`tr[data-id="${CSS.escape(id)}"]`);
 }
 
 function drop(id) {
+  known.delete(id);
   const node = find(id);
   if (node) node.remove();
 }
 
 function place(job) {
+  known.set(job.id, job);
   const node = find(job.id);
-  if (!wanted(job)) return drop(job.id);
+  if (!wanted(job)) return node && node.remove();
   const fresh = row(job);
-  if (node) node.replaceWith(fresh);
-  else body.prepend(fresh);
+  if (node) return node.replaceWith(fresh);
+  body.prepend(fresh);
+  // The newest MAX_ROWS stay; paging on from a trimmed list would skip rows.
+  if (body.rows.length > MAX_ROWS) {
+    while (body.rows.length > MAX_ROWS) body.lastElementChild.remove();
+    cursor = null;
+    more.hidden = true;
+  }
 }
 
 async function load(signal, append = false) {
@@ -117,27 +131,58 @@ async function load(signal, append = false) {
   if (append && cursor) query.set("cursor", cursor);
   const page = await api(`v1/jobs?${query}`, { signal });
   if (!append) body.replaceChildren();
+  for (const job of page.jobs) known.set(job.id, job);
   body.append(...page.jobs.map(row));
   cursor = page.next_cursor;
   more.hidden = !cursor;
 }
 
-// A change from the feed: progress updates a row in place; a new status (or a
-// job not listed yet) reads the job again, for its error and its actions.
-async function changed(state, signal) {
+// Changes from the feed, a few at a time. A job already read changes in place
+// (progress without redrawing its row); a new job, or a failed one (for its
+// error), is read again; many unknown jobs at once (a batch) read the list.
+async function flush(signal, reload) {
   if (loading) await loading;
-  const node = find(state.id);
-  if (node && node.dataset.status === state.status) {
-    node.querySelector("progress").value = state.progress;
-    node.querySelector("td.progress").lastChild.textContent = ` ${state.stage || ""}`;
-    return;
+  const states = [...pending.values()];
+  pending.clear();
+  const reads = [];
+  for (const state of states) {
+    const job = known.get(state.id);
+    const node = find(state.id);
+    if (job && job.status === state.status) {
+      Object.assign(job, state);
+      if (node) {
+        node.querySelector("progress").value = state.progress;
+        node.querySelector("td.progress").lastChild.textContent = ` ${state.stage || ""}`;
+      }
+    } else if (job && state.status !== "failed") {
+      place({ ...job, ...state });
+    } else if (job || wanted(state)) {
+      reads.push(state.id);
+    }
   }
-  if (!node && !wanted(state)) return;
-  try {
-    place(await api(`v1/jobs/${state.id}`, { signal }));
-  } catch (exc) {
-    if (exc.status === 404) drop(state.id);
+  if (reads.length > MAX_READS) return reload();
+  for (const id of reads) {
+    try {
+      place(await api(`v1/jobs/${id}`, { signal }));
+    } catch (exc) {
+      if (exc.status === 404) drop(id);
+    }
   }
+}
+
+function changed(state, signal, reload) {
+  pending.set(state.id, state);
+  schedule(signal, reload);
+}
+
+function schedule(signal, reload) {
+  if (flushing) return;
+  flushing = new Promise((resolve) => setTimeout(resolve, 200))
+    .then(() => flush(signal, reload))
+    .finally(() => {
+      flushing = null;
+      if (pending.size && !signal.aborted) schedule(signal, reload);
+    });
 }
 
 export function setup(onError) {
@@ -161,7 +206,7 @@ export async function show(signal) {
           feedState.textContent = "live";
           section.dataset.live = "1";
           reload();
-        } else if (name === "job") changed(data, signal);
+        } else if (name === "job") changed(data, signal, reload);
         else if (name === "deleted") drop(data.id);
       },
       signal,
