@@ -444,6 +444,22 @@ def test_the_job_list_updates_live(
     page.shot("deleted")
 
 
+def test_a_webm_is_measured_by_the_server_and_scrubbed_to_the_frame(
+    page: browser.Page, clip: SyntheticClip, tmp_path: Path
+) -> None:
+    """No MP4 header to read the frame rate from: the page asks POST /v1/probe."""
+    webm = tmp_path / "disc.webm"
+    media.run_ffmpeg(["-i", str(clip.path), "-an", "-c:v", "libvpx-vp9", "-crf", "20",
+                      "-b:v", "0", str(webm)])  # fmt: skip
+    page.open("#new")
+    upload(page, webm)
+    assert page.css("#video-facts").text.endswith("96×64, 16 frames at 12 fps")
+    page.css("#frame-index").send_keys(Keys.END)
+    shown(page, 15)
+    assert canvas_frame_index(page, clip) == 15
+    page.shot("webm-last-frame")
+
+
 def test_a_file_that_is_not_a_video_shows_the_api_error_at_the_video(
     page: browser.Page, client: httpx.Client
 ) -> None:
