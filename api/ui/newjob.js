@@ -53,9 +53,9 @@ function renderPrompts(index) {
   const list = classList.querySelector(`[data-index="${index}"] .prompts`);
   if (!list) return;
   const { width = 1, height = 1 } = state.facts || {};
-  const where = cls.frame === null ? "no prompts yet" : `on frame ${cls.frame}`;
+  const where = cls.frame === null ? "No prompts yet" : `Prompts on frame ${cls.frame}`;
   list.replaceChildren(
-    el("p", { class: "muted" }, `Prompts ${where}`),
+    el("p", { class: "muted" }, where),
     el(
       "ul",
       {},
