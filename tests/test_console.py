@@ -489,7 +489,7 @@ def test_the_api_key_is_typed_once_and_kept_for_the_tab(
     driver: Any, service: EmbeddedService, artifacts: Path, request: pytest.FixtureRequest,
     clip: SyntheticClip,
 ) -> None:  # fmt: skip
-    """A server with VOR_API_KEYS: the page asks for the key, keeps it, and removes at once."""
+    """A server with VOR_API_KEYS: the page asks for the key, keeps it; svor, removed at once."""
     page = browser.Page(driver, service.url, artifacts, request.node.name)
     page.open("#new")
     assert page.text_of("#auth .field-error") == (
@@ -509,12 +509,18 @@ def test_the_api_key_is_typed_once_and_kept_for_the_tab(
     shown(page, 0)
     x, y, w, h = clip.box(0)
     page.drag(page.css("#frame"), (x - 0.03, y - 0.04), (x + w + 0.03, y + h + 0.04))
+    Select(page.css("#engine")).select_by_value("svor")
+    page.css("#class-0-text").send_keys("disc")
+    page.css("#class-0-remove_prompt").send_keys("remove the disc")
     page.css("#submit-remove").click()
     headers = {"Authorization": f"Bearer {API_KEYS['acme']}"}
     with httpx.Client(base_url=service.url, headers=headers, timeout=30) as acme:
         job = finished(page, acme)
         assert job["status"] == "succeeded" and job["mode"] == "remove", job
-        assert job["spec"]["classes"][0]["frame_index"] == 0
+        assert job["engine"] == "svor", "through the stand-in SVOR server"
+        prompt = job["spec"]["classes"][0]
+        assert (prompt["text"], prompt["remove_prompt"]) == ("disc", "remove the disc")
+        assert prompt["frame_index"] == 0 and len(prompt["boxes"]) == 1
         page.shot("removed-at-once")
 
         page.open("#jobs")
