@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
 
 from api import errors
-from api.routes import events, files, health, jobs, metrics
+from api.routes import events, feed, files, health, jobs, metrics, probe, ui
 from api.warmup import warm_up
 from services import logs
 from services.models import JobSpec
@@ -42,6 +42,9 @@ def create_app() -> FastAPI:
     app.include_router(files.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(feed.router)
+    app.include_router(probe.router)
+    app.include_router(ui.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     if not get_settings().tenants_by_key():
         log.warning("VOR_API_KEYS is not set: the API accepts every request as tenant 'default'")

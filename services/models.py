@@ -132,7 +132,10 @@ class JobSpec(BaseModel):
     engine: Literal["local", "svor"] | None = None
     classes: list[ClassPrompt] = Field(default_factory=list, max_length=16)
     targets: dict[str, list[Annotated[int, Field(ge=1, le=255)]]] | None = None
-    from_job: str | None = None
+    from_job: str | None = Field(
+        default=None,
+        description="a finished segment job whose video (and, for a remove job, objects) to reuse",
+    )
     options: JobOptions = Field(default_factory=JobOptions)
     webhook_url: str | None = Field(default=None, max_length=2048)
     webhook_events: list[str] = Field(
@@ -172,8 +175,6 @@ class JobSpec(BaseModel):
         labels = [c.label for c in self.classes]
         if len(set(labels)) != len(labels):
             raise ValueError("class labels must be unique")
-        if self.mode == "segment" and self.from_job:
-            raise ValueError("from_job only makes sense for a remove job")
         if self.mode == "segment" and not self.classes:
             raise ValueError("a segment job needs at least one class")
         if self.mode == "remove" and not self.from_job:
@@ -282,6 +283,7 @@ class Job(BaseModel):
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "input": self.input.model_dump() if self.input else None,
+            "spec": self.spec.model_dump(mode="json"),
             "segments": {k: v.model_dump() for k, v in self.segments.items()},
             "result": result or {},
             "error": self.error.model_dump() if self.error else None,

@@ -461,3 +461,9 @@ def result_urls(job: Job, storage: Any, expires_s: int) -> dict[str, str]:
         for name, key in job.artifacts.items()
         if name.startswith("result:")
     }
+
+
+def input_url(job: Job, storage: Any, expires_s: int) -> str | None:
+    """The video as the client sent it, signed afresh (for before/after views)."""
+    key = job.artifacts.get("input")
+    return storage.url(key, expires_s=expires_s) if key else None

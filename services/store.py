@@ -3,7 +3,8 @@
 Celery's result backend is never read for a job's state. Each job is one JSON
 value; changes go through ``update`` (optimistic, WATCH/MULTI) so concurrent
 stages (parallel segmentation) never overwrite each other. Every change is
-published on ``{prefix}:events:{id}`` for clients that follow a job live.
+published on ``{prefix}:events:{id}`` for clients that follow a job live, and on
+``{prefix}:tenant-events:{tenant}`` (with creations and deletions) for a live job list.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class JobStore:
         pipe.zadd(self._key("tenant", job.tenant), {job.id: score})
         pipe.zadd(self._key("active"), {job.id: time.time()})
         metrics.count_transition(pipe, None, job.status, prefix=self.prefix)
+        pipe.publish(self.tenant_channel(job.tenant), _event(job, with_id=True))
         pipe.execute()
         return job, True
 
@@ -105,6 +107,7 @@ class JobStore:
                     else:
                         pipe.zadd(self._key("active"), {job_id: time.time()})
                     pipe.publish(self._key("events", job_id), _event(job))
+                    pipe.publish(self.tenant_channel(job.tenant), _event(job, with_id=True))
                     pipe.execute()
                     return job
                 except redis.WatchError:
@@ -201,6 +204,7 @@ class JobStore:
         metrics.count_transition(pipe, job.status, None, prefix=self.prefix)
         if job.idempotency_key:
             pipe.delete(self._key("idem", job.tenant, job.idempotency_key))
+        pipe.publish(self.tenant_channel(job.tenant), json.dumps({"id": job.id, "deleted": True}))
         pipe.execute()
 
     def list_jobs(
@@ -275,6 +279,10 @@ class JobStore:
     def events_channel(self, job_id: str) -> str:
         return self._key("events", job_id)
 
+    def tenant_channel(self, tenant: str) -> str:
+        """Where every change of a tenant's jobs is published: new, changed, deleted."""
+        return self._key("tenant-events", tenant)
+
 
 def stage_key(stage: Stage, label: str | None = None) -> str:
     return stage.value if label is None else f"{stage.value}:{label}"
@@ -294,14 +302,13 @@ return 0
 """
 
 
-def _event(job: Job) -> str:
-    return json.dumps(
-        {
-            "status": job.status.value,
-            "stage": job.stage.value if job.stage else None,
-            "progress": round(job.progress, 4),
-        }
-    )
+def _event(job: Job, *, with_id: bool = False) -> str:
+    state = {
+        "status": job.status.value,
+        "stage": job.stage.value if job.stage else None,
+        "progress": round(job.progress, 4),
+    }
+    return json.dumps({"id": job.id, **state} if with_id else state)
 
 
 def _encode_cursor(score: float, ids: set[str]) -> str:

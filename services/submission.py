@@ -27,7 +27,7 @@ from services.errors import (
     UnsupportedPrompt,
 )
 from services.masks import MAX_IMAGE_PIXELS
-from services.models import InputInfo, Job, JobSpec, Status
+from services.models import InputInfo, Job, JobSpec, SegmentInfo, Status
 from services.settings import Settings
 from services.store import JobStore, new_job_id
 
@@ -212,6 +212,8 @@ def _from_job(spec: JobSpec, tenant: str, store: JobStore) -> Job:
             f"from_job {source.id} is {source.status.value}; it must have succeeded first",
             field="from_job",
         )
+    if spec.mode == "segment":
+        return source
     for prompt in spec.classes:
         if prompt.label not in source.segments:
             raise InvalidSpec(
@@ -231,6 +233,41 @@ def _from_job(spec: JobSpec, tenant: str, store: JobStore) -> Job:
     return source
 
 
+def _reused(
+    spec: JobSpec, source: Job, engine: str
+) -> tuple[dict[str, str], dict[str, SegmentInfo], list[str]]:
+    """What a from_job job takes over from its segment job: artifacts, segments, stages done.
+
+    A remove job takes the video, the working copy and every class's objects. A
+    segment job (a class prompted again) takes the video, and, on the same engine,
+    the working copy and the segmentation of every class whose prompt is
+    unchanged, so only the classes prompted anew are segmented again.
+    """
+    if spec.mode == "remove":
+        artifacts = {
+            k: v
+            for k, v in source.artifacts.items()
+            if k in {"input", "work"} or k.startswith("segment:")
+        }
+        return artifacts, dict(source.segments), []
+    if "input" not in source.artifacts:
+        raise InvalidSpec(f"from_job {source.id} kept no video to reuse", field="from_job")
+    artifacts = {"input": source.artifacts["input"]}
+    if engine != source.engine or "work" not in source.artifacts:
+        return artifacts, {}, []
+    artifacts["work"] = source.artifacts["work"]
+    segments: dict[str, SegmentInfo] = {}
+    done = ["compress"]
+    before = {c.label: c for c in source.spec.classes}
+    for prompt in spec.classes:
+        key = f"segment:{prompt.label}"
+        if before.get(prompt.label) == prompt and key in source.artifacts:
+            artifacts[key] = source.artifacts[key]
+            segments[prompt.label] = source.segments[prompt.label]
+            done.append(key)
+    return artifacts, segments, done
+
+
 def submit(
     sub: Submission,
     *,
@@ -247,8 +284,9 @@ def submit(
             return existing, False
     engine = spec.engine or settings.engine
     artifacts: dict[str, str] = {}
+    segments: dict[str, SegmentInfo] = {}
+    done: list[str] = []
     info: InputInfo | None = None
-    source: Job | None = None
 
     if spec.from_job:
         if sub.video is not None or spec.video_url or sub.mask is not None:
@@ -258,11 +296,7 @@ def submit(
         source = _from_job(spec, sub.tenant, store)
         engine = spec.engine or source.engine
         info = source.input
-        artifacts = {
-            k: v
-            for k, v in source.artifacts.items()
-            if k in {"input", "work"} or k.startswith("segment:")
-        }
+        artifacts, segments, done = _reused(spec, source, engine)
     elif sub.video is not None:
         if spec.video_url:
             raise InvalidSpec("send either a video file or video_url, not both", field="video_url")
@@ -309,7 +343,8 @@ def submit(
         spec=spec,
         input=info,
         artifacts=artifacts,
-        segments=dict(source.segments) if source else {},
+        segments=segments,
+        done=done,
         idempotency_key=sub.idempotency_key,
     )
     if sub.video is not None:

@@ -17,7 +17,7 @@ from api.deps import CurrentJob, JobStoreDep, SettingsDep, StorageDep, TenantDep
 from services import logs
 from services.errors import Conflict, InvalidInput, InvalidSpec, PayloadTooLarge
 from services.models import Job, JobSpec, Status
-from services.pipeline import cleanup_job_files, result_urls
+from services.pipeline import cleanup_job_files, input_url, result_urls
 from services.settings import Settings
 from services.store import JobStore
 from services.submission import Submission, parse_client_json, submit
@@ -62,7 +62,9 @@ SUBMIT_BODY: dict[str, Any] = {
 
 
 def render(job: Job, storage: Any, settings: Settings) -> dict[str, Any]:
-    return job.public(result_urls(job, storage, settings.url_expiry_s))
+    public = job.public(result_urls(job, storage, settings.url_expiry_s))
+    public["input_url"] = input_url(job, storage, settings.url_expiry_s)
+    return public
 
 
 def _parse_spec(raw: str | None) -> JobSpec:
