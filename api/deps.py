@@ -10,10 +10,10 @@ from fastapi.concurrency import run_in_threadpool
 
 from services import logs
 from services.errors import Unauthorized
+from services.jobs.store import JobStore
 from services.models import Job
 from services.runtime import get_storage, get_store, resolved_settings
 from services.settings import Settings
-from services.store import JobStore
 
 DEFAULT_TENANT = "default"
 

@@ -16,10 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from services import media
+from services.media.synthetic import make_clip
+from services.media.video import probe
 from services.models import Job, JobSpec
 from services.runtime import get_storage, get_store
-from services.synthetic import make_clip
 from workers import canvas
 from workers.celery_app import app as celery_app
 
@@ -39,7 +39,7 @@ def warm_up() -> None:
 def _probe_a_clip() -> None:
     with tempfile.TemporaryDirectory(prefix="vor-warm-") as folder:
         clip = make_clip(Path(folder) / "warm.mp4", frames=4)
-        media.probe(clip.path)
+        probe(clip.path)
 
 
 def _connect() -> None:

@@ -29,11 +29,11 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.embedded import free_port, start_redis  # noqa: E402
-from services.engines.svor_client import SvorClient, SvorPrompt  # noqa: E402
+from services.cli.embedded import free_port, start_redis  # noqa: E402
+from services.engines.svor.client import SvorClient, SvorPrompt  # noqa: E402
+from services.engines.svor.ratelimit import UpstreamLimiter  # noqa: E402
 from services.errors import VorError  # noqa: E402
-from services.ratelimit import UpstreamLimiter  # noqa: E402
-from services.synthetic import make_clip  # noqa: E402
+from services.media.synthetic import make_clip  # noqa: E402
 from tests.support.processes import start_svor_server  # noqa: E402
 
 GO_KEY = "bench:go"

@@ -33,8 +33,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.embedded import EmbeddedService, free_port  # noqa: E402
-from services.synthetic import make_clip  # noqa: E402
+from services.cli.embedded import EmbeddedService, free_port  # noqa: E402
+from services.media.synthetic import make_clip  # noqa: E402
 from tests.support.processes import kill_tree, start_svor_server  # noqa: E402
 
 

@@ -32,7 +32,7 @@ from prometheus_client.utils import floatToGoString
 from services.models import Status
 
 if TYPE_CHECKING:
-    from services.webhooks import DeliveryResult
+    from services.jobs.webhooks import DeliveryResult
 
 log = logging.getLogger("vor.metrics")
 

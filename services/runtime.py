@@ -10,8 +10,8 @@ from functools import lru_cache
 
 import redis
 
+from services.jobs.store import JobStore
 from services.settings import Settings, get_settings
-from services.store import JobStore
 
 
 class NotConfigured(RuntimeError):
@@ -57,7 +57,7 @@ def resolved_settings() -> Settings:
     settings = get_settings()
     if settings.webhook_secret:
         return settings
-    from services.webhooks import generate_secret
+    from services.jobs.webhooks import generate_secret
 
     secret = get_store().shared_secret("webhook", generate_secret)
     return settings.model_copy(update={"webhook_secret": secret})

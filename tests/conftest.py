@@ -16,8 +16,8 @@ import httpx
 import pytest
 import redis
 
-from services.embedded import EmbeddedService, free_port, start_redis
-from services.synthetic import SyntheticClip, make_clip
+from services.cli.embedded import EmbeddedService, free_port, start_redis
+from services.media.synthetic import SyntheticClip, make_clip
 from tests.support.processes import start_svor_server
 
 TEST_DB_BLOCKS = (0, 4, 8, 11)

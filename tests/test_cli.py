@@ -13,9 +13,9 @@ import cv2
 import httpx
 import pytest
 
-from services import media
-from services.embedded import EmbeddedService, free_port, start_redis
-from services.synthetic import SyntheticClip
+from services.cli.embedded import EmbeddedService, free_port, start_redis
+from services.media.synthetic import SyntheticClip
+from services.media.video import probe
 from tests.conftest import API_KEYS
 from tests.support.processes import alive, descendants
 
@@ -38,8 +38,8 @@ def test_demo_runs_end_to_end_on_the_embedded_default(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "before/after:" in proc.stdout and "stage timings:" in proc.stdout
-    result = media.probe(out / "result.mp4")
-    original = media.probe(out / "input.mp4")
+    result = probe(out / "result.mp4")
+    original = probe(out / "input.mp4")
     assert (result.width, result.height, result.frames) == (
         original.width, original.height, original.frames,
     )  # fmt: skip
@@ -143,7 +143,7 @@ def test_remove_segment_then_skip_segment_against_a_server(
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert remove.returncode == 0, remove.stderr
-    assert media.probe(out).frames == 12
+    assert probe(out).frames == 12
 
 
 def test_remove_reports_a_bad_prompt_clearly(

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from services.engines.base import Engine, no_progress
-from services.engines.local import LocalEngine, working_size
+from services.engines.local.engine import LocalEngine, working_size
+from services.engines.local.inpaint import VideoEraser, telea
 from services.errors import InvalidInput, UnsupportedPrompt
-from services.inpaint import VideoEraser, telea
-from services.media import probe, read_frames, video_size, write_video
+from services.media.synthetic import SyntheticClip, make_clip
+from services.media.video import probe, read_frames, video_size, write_video
 from services.models import ClassPrompt
-from services.synthetic import SyntheticClip, make_clip
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BMX = DATA / "bmx-trees"

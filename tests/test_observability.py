@@ -27,15 +27,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.routes.events import is_newer, job_stream
 from services import logs, metrics
-from services.client import VorClient
-from services.embedded import EmbeddedService
-from services.engines.svor import engine_from_settings
-from services.engines.svor_client import SEG_PATH
+from services.cli.client import VorClient
+from services.cli.embedded import EmbeddedService
+from services.engines.svor.client import SEG_PATH
+from services.engines.svor.engine import engine_from_settings
 from services.errors import UpstreamFailed
+from services.jobs.store import JobStore, new_job_id
+from services.media.synthetic import SyntheticClip
 from services.models import Job, JobSpec, Status
 from services.settings import Settings
-from services.store import JobStore, new_job_id
-from services.synthetic import SyntheticClip
 from tests.conftest import API_KEYS, SVOR_KEY, api_client
 from tests.helpers import accepted
 from tests.support.receiver import Receiver

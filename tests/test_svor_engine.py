@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from services.engines.base import no_progress
-from services.engines.svor import (
+from services.engines.svor.engine import (
     SvorClient,
     SvorEngine,
     SvorPrompt,
@@ -35,11 +35,11 @@ from services.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from services.media import VideoWriter, probe, read_frames, video_size
+from services.media.synthetic import SyntheticClip, make_clip
+from services.media.video import VideoWriter, probe, read_frames, video_size
 from services.models import ClassPrompt, InputInfo
 from services.settings import Settings
-from services.svor_server import create_app, serve_in_thread
-from services.synthetic import SyntheticClip, make_clip
+from services.standin.server import create_app, serve_in_thread
 
 API_KEY = "test-key"
 

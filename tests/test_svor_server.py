@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.engines.svor import SEG_PATH
-from services.svor_server import (
+from services.engines.svor.engine import SEG_PATH
+from services.standin.server import (
     Faults,
     add_arguments,
     create_app,

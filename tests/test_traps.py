@@ -14,8 +14,8 @@ import httpx
 import pytest
 import redis
 
-from services.embedded import EmbeddedService
-from services.synthetic import SyntheticClip, make_clip
+from services.cli.embedded import EmbeddedService
+from services.media.synthetic import SyntheticClip, make_clip
 from tests.conftest import api_client, service_env
 from tests.helpers import accepted, wait, wait_for_stage
 

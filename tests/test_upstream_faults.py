@@ -22,8 +22,8 @@ import httpx
 import pytest
 import redis
 
-from services.embedded import EmbeddedService, free_port
-from services.synthetic import SyntheticClip, make_clip
+from services.cli.embedded import EmbeddedService, free_port
+from services.media.synthetic import SyntheticClip, make_clip
 from tests.conftest import SVOR_KEY, api_client, service_env
 from tests.helpers import accepted, wait
 from tests.support.processes import start_svor_server

@@ -16,8 +16,9 @@ from celery import Task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from celery.signals import worker_ready, worker_shutdown
 
-from services import logs, metrics, notifications, pipeline, sweeper, webhooks
+from services import logs, metrics
 from services.errors import TransientError
+from services.jobs import notifications, pipeline, sweeper, webhooks
 from services.models import Stage
 from services.runtime import get_broker_redis, get_storage, get_store, resolved_settings
 from workers.celery_app import IO_QUEUE, app

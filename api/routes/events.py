@@ -13,9 +13,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from api.deps import CurrentJob, JobStoreDep, SettingsDep
+from services.jobs.store import JobStore
 from services.models import Job, Status
 from services.runtime import redis_url
-from services.store import JobStore
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

@@ -16,11 +16,11 @@ from starlette.datastructures import UploadFile
 from api.deps import CurrentJob, JobStoreDep, SettingsDep, StorageDep, TenantDep
 from services import logs
 from services.errors import Conflict, InvalidInput, InvalidSpec, PayloadTooLarge
+from services.jobs.pipeline import cleanup_job_files, input_url, result_urls
+from services.jobs.store import JobStore
+from services.jobs.submission import Submission, parse_client_json, submit
 from services.models import Job, JobSpec, Status
-from services.pipeline import cleanup_job_files, input_url, result_urls
 from services.settings import Settings
-from services.store import JobStore
-from services.submission import Submission, parse_client_json, submit
 from workers.canvas import enqueue
 from workers.celery_app import IO_QUEUE
 from workers.tasks import enqueue_webhook, send_webhook

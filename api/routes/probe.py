@@ -18,9 +18,9 @@ from starlette.datastructures import UploadFile
 from api.deps import SettingsDep, TenantDep
 from api.routes.jobs import _save_upload, _upload_dir
 from services.errors import InvalidInput
+from services.jobs.submission import probe_upload
 from services.models import InputInfo
 from services.settings import Settings
-from services.submission import probe_upload
 
 router = APIRouter(tags=["jobs"])
 

@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from services import logs, media
-from services.client import ApiError, ProgressBar, VorClient
-from services.embedded import EmbeddedService
+from services import logs
+from services.cli.client import ApiError, ProgressBar, VorClient
+from services.cli.embedded import EmbeddedService
 from services.errors import VorError
+from services.media.video import probe
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--engine", choices=["local", "svor"], default="local")
 
     svor = commands.add_parser("svor-server", help="an SVOR-compatible server on the local engine")
-    from services import svor_server
+    from services.standin import server as svor_server
 
     svor_server.add_arguments(svor)
     return parser
@@ -229,8 +230,8 @@ def _print_secret(service: EmbeddedService) -> None:
         return
     import redis
 
-    from services.store import JobStore
-    from services.webhooks import generate_secret
+    from services.jobs.store import JobStore
+    from services.jobs.webhooks import generate_secret
 
     store = JobStore(redis.Redis.from_url(service.env["VOR_REDIS_URL"]))
     secret = store.shared_secret("webhook", generate_secret)
@@ -330,7 +331,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
         raise UsageError("give the video: vor remove VIDEO [flags]")
     if not video.is_file():
         raise UsageError(f"{video} is not a file")
-    info = media.probe(video)
+    info = probe(video)
     spec = spec_from_args(args, (info.width, info.height))
     if args.skip_segment:
         spec["from_job"] = (
@@ -378,7 +379,7 @@ def _run_remove(
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from services import preview, synthetic
+    from services.media import preview, synthetic
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -416,7 +417,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_svor_server(args: argparse.Namespace) -> int:
-    from services import svor_server
+    from services.standin import server as svor_server
 
     svor_server.serve(
         args.host,

@@ -8,11 +8,11 @@ from services.settings import Settings
 
 def get_engine(name: str, settings: Settings) -> Engine:
     if name == "local":
-        from services.engines.local import LocalEngine
+        from services.engines.local.engine import LocalEngine
 
         return LocalEngine()
     if name == "svor":
-        from services.engines.svor import engine_from_settings
+        from services.engines.svor.engine import engine_from_settings
 
         return engine_from_settings(settings)
     raise ValueError(f"unknown engine {name!r}")

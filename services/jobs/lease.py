@@ -13,7 +13,7 @@ import secrets
 import threading
 from types import TracebackType
 
-from services.store import JobStore
+from services.jobs.store import JobStore
 
 log = logging.getLogger("vor.lease")
 

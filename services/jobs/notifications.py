@@ -13,10 +13,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from services import webhooks
+from services.jobs import webhooks
+from services.jobs.store import JobStore
 from services.models import Job, WebhookAttempt, utcnow
 from services.settings import Settings
-from services.store import JobStore
 
 TERMINAL_EVENTS = {"job.succeeded", "job.failed", "job.canceled"}
 log = logging.getLogger("vor.webhooks")

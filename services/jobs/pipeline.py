@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services import compose, logs, masks, media, metrics, preview, submission
+from services import logs, metrics
 from services.engines import get_engine
 from services.engines.base import Engine
 from services.errors import (
@@ -33,10 +33,13 @@ from services.errors import (
     TransientError,
     VorError,
 )
-from services.lease import StageLease
+from services.jobs import submission
+from services.jobs.lease import StageLease
+from services.jobs.store import JobStore, stage_key
+from services.media import compose, masks, preview
+from services.media.video import video_size
 from services.models import ClassPrompt, Job, JobError, SegmentInfo, SegmentObject, Stage, Status
 from services.settings import Settings
-from services.store import JobStore, stage_key
 
 log = logging.getLogger("vor.pipeline")
 
@@ -274,7 +277,7 @@ def compress(run: StageRun) -> None:
     work = engine.prepare(source, run.job.input, run.folder("prepare"), run.progress)
     run.store("work", work, run.key("work" + work.suffix))
     if "mask_upload" in job.artifacts:
-        width, height, _, frames = media.video_size(work)
+        width, height, _, frames = video_size(work)
         targets = next(iter(job.spec.targets.values())) if job.spec.targets else None
         mask = masks.load_user_mask(
             run.fetch("mask_upload"),

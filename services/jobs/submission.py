@@ -16,7 +16,6 @@ from typing import Any
 import cv2
 import numpy as np
 
-from services import media
 from services.errors import (
     InputTooLarge,
     InvalidInput,
@@ -26,10 +25,11 @@ from services.errors import (
     TransientError,
     UnsupportedPrompt,
 )
-from services.masks import MAX_IMAGE_PIXELS
+from services.jobs.store import JobStore, new_job_id
+from services.media.masks import MAX_IMAGE_PIXELS
+from services.media.video import image_size, probe
 from services.models import InputInfo, Job, JobSpec, SegmentInfo, Status
 from services.settings import Settings
-from services.store import JobStore, new_job_id
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
@@ -77,7 +77,7 @@ def _no_constant(name: str) -> Any:
 
 def probe_upload(path: Path, engine: str, settings: Settings) -> InputInfo:
     """Probe a client's video against the configured limits and the engine's own."""
-    info = media.probe(
+    info = probe(
         path,
         max_duration_s=settings.max_duration_s,
         max_width=settings.max_width,
@@ -161,7 +161,7 @@ def _mask_frames(path: Path, settings: Settings) -> int:
     """
     if path.stat().st_size == 0:
         raise InvalidInput("the mask file is empty (0 bytes)", field="mask")
-    size = media.image_size(path)
+    size = image_size(path)
     if size is not None:
         if size[0] * size[1] > MAX_IMAGE_PIXELS:
             raise InputTooLarge(
@@ -172,7 +172,7 @@ def _mask_frames(path: Path, settings: Settings) -> int:
             raise InvalidInput("the mask image could not be decoded", field="mask")
         return 1
     try:
-        info = media.probe(
+        info = probe(
             path,
             max_width=settings.max_width,
             max_height=settings.max_height,

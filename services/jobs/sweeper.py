@@ -25,9 +25,9 @@ from typing import cast
 import redis
 
 from services.errors import StageTimedOut
+from services.jobs.store import JobStore
 from services.models import Job, JobError, Status, utcnow
 from services.settings import Settings
-from services.store import JobStore
 
 log = logging.getLogger("vor.sweeper")
 

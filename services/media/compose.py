@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 
 from services.errors import VorError
-from services.masks import frame_count, mask_size
-from services.media import VideoWriter, open_input, read_frames, run_ffmpeg
+from services.media.masks import frame_count, mask_size
+from services.media.video import VideoWriter, open_input, read_frames, run_ffmpeg
 
 
 @dataclass(frozen=True)

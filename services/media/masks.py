@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from services.errors import InvalidInput, VorError
-from services.media import VideoWriter, open_input, read_frames
+from services.media.video import VideoWriter, open_input, read_frames
 
 Box = tuple[float, float, float, float]
 IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")

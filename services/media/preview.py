@@ -13,10 +13,10 @@ from typing import cast
 import cv2
 import numpy as np
 
-from services.compose import pad_even
 from services.errors import InvalidInput
-from services.masks import fps_of, lookup_table
-from services.media import PixelFormat, VideoWriter, read_frames
+from services.media.compose import pad_even
+from services.media.masks import fps_of, lookup_table
+from services.media.video import PixelFormat, VideoWriter, read_frames
 
 TINT_ALPHA = 0.45
 PANEL_MAX_HEIGHT = 720

@@ -14,7 +14,7 @@ import av
 import cv2
 import numpy as np
 
-from services.media import VideoWriter
+from services.media.video import VideoWriter
 
 
 @dataclass

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from services import media
 from services.engines.base import FoundObject, Progress, Segmentation
+from services.media.video import video_size, write_video
 from services.models import ClassPrompt
 
 
@@ -23,7 +23,7 @@ class BoxEngine:
     def segment(
         self, video: Path, prompt: ClassPrompt, out_dir: Path, progress: Progress
     ) -> Segmentation:
-        width, height, fps, frames = media.video_size(video)
+        width, height, fps, frames = video_size(video)
         ids = np.zeros((height, width), np.uint8)
         objects = []
         for number, (x, y, w, h) in enumerate(prompt.boxes, start=1):
@@ -31,7 +31,7 @@ class BoxEngine:
             x1, y1 = max(x0 + 1, int((x + w) * width)), max(y0 + 1, int((y + h) * height))
             ids[y0:y1, x0:x1] = number
             objects.append(FoundObject(id=number, box=(x, y, w, h)))
-        out = media.write_video(out_dir / "ids.mkv", (ids for _ in range(frames)), fps,
+        out = write_video(out_dir / "ids.mkv", (ids for _ in range(frames)), fps,
                                 codec="ffv1")  # fmt: skip
         progress(1.0)
         return Segmentation(out, objects, f"{len(objects)} boxes")

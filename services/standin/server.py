@@ -42,9 +42,9 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.engines.base import Progress, Segmentation, no_progress
-from services.engines.svor import ERASE_PATH, SEG_PATH
+from services.engines.svor.engine import ERASE_PATH, SEG_PATH
 from services.errors import InputTooLarge, InvalidInput, VorError
-from services.media import VideoWriter, probe, read_frames
+from services.media.video import VideoWriter, probe, read_frames
 from services.models import ClassPrompt, InputInfo
 
 DEFAULT_MAX_BODY_BYTES = 1000 * 1024
@@ -161,7 +161,7 @@ class _State:
     def engine(self) -> SegmentErase:
         with self.lock:
             if self._engine is None:
-                from services.engines.local import LocalEngine
+                from services.engines.local.engine import LocalEngine
 
                 self._engine = LocalEngine()
             return self._engine
@@ -721,7 +721,7 @@ def serve_in_thread(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
 
 def _engine_named(name: str) -> SegmentErase | None:
     if name == "boxes":
-        from services.engines.boxes import BoxEngine
+        from services.standin.boxes import BoxEngine
 
         return BoxEngine()
     return None

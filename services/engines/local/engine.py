@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 
 from services.engines.base import FoundObject, Progress, Segmentation
+from services.engines.local.inpaint import dilate, erase_frames
+from services.engines.local.tracking import MaskTracker, id_map, seeds_from_prompt, segment_seed
 from services.errors import InvalidInput, UnsupportedPrompt
-from services.inpaint import dilate, erase_frames
-from services.media import VideoWriter, read_frames, video_size
+from services.media.video import VideoWriter, read_frames, video_size
 from services.models import ClassPrompt, InputInfo
-from services.tracking import MaskTracker, id_map, seeds_from_prompt, segment_seed
 
 _PROGRESS_EVERY = 8
 

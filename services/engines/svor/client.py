@@ -22,6 +22,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from services.engines.base import Progress, no_progress
+from services.engines.svor.ratelimit import Lease, LimiterWaitTooLong, UpstreamLimiter
 from services.errors import (
     UpstreamAuth,
     UpstreamBadRequest,
@@ -31,7 +32,6 @@ from services.errors import (
     UpstreamTooLarge,
     UpstreamUnavailable,
 )
-from services.ratelimit import Lease, LimiterWaitTooLong, UpstreamLimiter
 
 API_ROOT = "/customize/xiaomi-ev/video_obj_removal/customize/v1/videos"
 SEG_PATH = f"{API_ROOT}/sam3_prompt_seg"

@@ -21,7 +21,7 @@ import redis
 
 from services import metrics
 from services.engines.base import FoundObject, Progress, Segmentation
-from services.engines.svor_client import (
+from services.engines.svor.client import (
     DOWNLOAD_MAX_BYTES,
     ERASE_PATH,
     SEG_PATH,
@@ -30,6 +30,8 @@ from services.engines.svor_client import (
     SvorResult,
     parse_retry_after,
 )
+from services.engines.svor.ratelimit import UpstreamLimiter
+from services.engines.svor.upload_fit import UploadPlan, fit_upload
 from services.errors import (
     InputTooLarge,
     InvalidInput,
@@ -37,11 +39,9 @@ from services.errors import (
     UpstreamFailed,
     UpstreamTooLarge,
 )
-from services.media import PixelFormat, VideoWriter, read_frames, video_size
+from services.media.video import PixelFormat, VideoWriter, read_frames, video_size
 from services.models import ClassPrompt, InputInfo
-from services.ratelimit import UpstreamLimiter
 from services.settings import Settings
-from services.upload_fit import UploadPlan, fit_upload
 
 __all__ = [
     "DOWNLOAD_MAX_BYTES",

@@ -18,7 +18,7 @@ import numpy as np
 
 from services.engines.base import Progress, no_progress
 from services.errors import InputTooLarge
-from services.media import VideoWriter, open_input, read_frames, video_size
+from services.media.video import VideoWriter, open_input, read_frames, video_size
 
 CRF_START = 23
 CRF_BEST = 18
