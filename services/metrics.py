@@ -16,7 +16,7 @@ import logging
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 from kombu.transport.redis import PRIORITY_STEPS, Channel
@@ -29,15 +29,12 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from services.models import Status
-
-if TYPE_CHECKING:
-    from services.jobs.webhooks import DeliveryResult
+from services.models import Queue, Status
 
 log = logging.getLogger("vor.metrics")
 
 PREFIX = "vor"
-QUEUES = ("cpu", "io")
+QUEUES = tuple(queue.value for queue in Queue)
 RedisSource = Callable[[], redis.Redis]
 
 
@@ -80,7 +77,12 @@ WEBHOOK_DELIVERIES = Counter(
     "failed (no more attempts) or gone (the receiver answered 410).",
     ("event", "outcome"),
 )
-COUNTERS = (UPSTREAM_REQUESTS, UPSTREAM_RETRIES, WEBHOOK_DELIVERIES)
+JOB_FAILURES = Counter(
+    "vor_job_failures_total",
+    "Jobs that failed, by error code and the stage they failed in (none: before any stage).",
+    ("code", "stage"),
+)
+COUNTERS = (UPSTREAM_REQUESTS, UPSTREAM_RETRIES, WEBHOOK_DELIVERIES, JOB_FAILURES)
 HISTOGRAMS = (STAGE_SECONDS,)
 STORED: tuple[Counter | Histogram, ...] = (*COUNTERS, *HISTOGRAMS)
 
@@ -127,6 +129,10 @@ def stage_done(client: redis.Redis, stage: str, engine: str, seconds: float) -> 
     observe(client, STAGE_SECONDS, seconds, stage=stage, engine=engine)
 
 
+def job_failed(client: redis.Redis, code: str, stage: str) -> None:
+    inc(client, JOB_FAILURES, code=code, stage=stage)
+
+
 def count_transition(
     pipe: Any, before: Status | None, after: Status | None, *, prefix: str = PREFIX
 ) -> None:
@@ -145,18 +151,8 @@ def count_transition(
         pipe.hincrby(key, after.value, 1)
 
 
-def webhook_delivered(
-    client: redis.Redis, event: str, result: DeliveryResult | None, *, retrying: bool
-) -> None:
-    """Count one delivery attempt; ``result`` None means nothing was sent."""
-    if result is None:
-        return
-    if result.ok:
-        outcome = "ok"
-    elif result.gone:
-        outcome = "gone"
-    else:
-        outcome = "retry" if retrying else "failed"
+def webhook_delivered(client: redis.Redis, event: str, outcome: str) -> None:
+    """Count one delivery attempt: ``ok``, ``retry``, ``failed`` or ``gone``."""
     inc(client, WEBHOOK_DELIVERIES, event=event, outcome=outcome)
 
 

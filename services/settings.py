@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     url_expiry_s: int = 7 * 24 * 3600
 
     engine: str = "local"
+    dispatcher: str = "workers.dispatch:CeleryDispatcher"
+    """``module:factory`` of the ``Dispatcher`` that queues stages and webhooks; the
+    API imports it by this name at start-up (``services.runtime.get_dispatcher``)."""
     svor_base_url: str = DEFAULT_SVOR_BASE_URL
     svor_api_key: str | None = Field(
         default=None, validation_alias=AliasChoices("SVOR_API_KEY", "VOR_SVOR_API_KEY")

@@ -27,7 +27,7 @@ from services.engines.svor.engine import (
     parse_retry_after,
 )
 from services.errors import (
-    InputTooLarge,
+    InvalidInput,
     UpstreamAuth,
     UpstreamBadRequest,
     UpstreamFailed,
@@ -190,7 +190,7 @@ def test_prepare_drops_audio_and_refuses_long_clips(fake: FakeTime, tmp_path: Pa
     work = engine.prepare(source, probe(source), tmp_path, no_progress)
     assert probe(source).audio and not probe(work).audio
     long = InputInfo(duration_s=4.0, width=96, height=64, fps=12.0, frames=48, audio=False)
-    with pytest.raises(InputTooLarge, match="at most 3 s"):
+    with pytest.raises(InvalidInput, match="at most 3 s"):
         engine.prepare(source, long, tmp_path, no_progress)
 
 

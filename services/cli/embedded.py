@@ -18,6 +18,8 @@ from types import TracebackType
 
 import httpx
 
+from services.models import Queue
+
 WORKER_STOP_GRACE_S = 20.0
 
 
@@ -164,11 +166,11 @@ class EmbeddedService:
             "--processes", str(self.api_processes), name="api",
         )  # fmt: skip
         self._spawn(
-            "worker", "--queues", "cpu", "--pool", "prefork",
+            "worker", "--queues", Queue.cpu.value, "--pool", "prefork",
             "--concurrency", str(self.workers), name="worker-cpu",
         )  # fmt: skip
         self._spawn(
-            "worker", "--queues", "io", "--pool", "threads",
+            "worker", "--queues", Queue.io.value, "--pool", "threads",
             "--concurrency", str(self.io_threads), name="worker-io",
         )  # fmt: skip
         self.wait_ready(timeout)

@@ -17,6 +17,7 @@ from services.cli.client import ApiError, ProgressBar, VorClient
 from services.cli.embedded import EmbeddedService
 from services.errors import VorError
 from services.media.video import probe
+from services.models import Queue
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     worker = commands.add_parser("worker", help="a Celery worker")
-    worker.add_argument("--queues", default="cpu,io", help="comma-separated: cpu, io")
+    queues = ",".join(Queue)
+    worker.add_argument("--queues", default=queues, help=f"comma-separated: {queues}")
     worker.add_argument("--concurrency", type=int, default=None)
     worker.add_argument("--pool", choices=["prefork", "threads", "solo"], default="prefork")
     worker.add_argument("--loglevel", default="INFO")
@@ -92,14 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("vor-demo"))
     demo.add_argument("--engine", choices=["local", "svor"], default="local")
 
-    svor = commands.add_parser("svor-server", help="an SVOR-compatible server on the local engine")
-    from services.standin import server as svor_server
-
-    svor_server.add_arguments(svor)
+    commands.add_parser(
+        "svor-server",
+        help="an SVOR-compatible server on the local engine (vor svor-server --help)",
+        add_help=False,
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["svor-server"]:
+        return run_module("services.standin", argv[1:])
     args = build_parser().parse_args(argv)
     if args.command in SERVICE_COMMANDS:
         logs.setup(_log_format())
@@ -155,33 +161,41 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
-    # SIGTERM starts Celery's cold shutdown, which with a soft-shutdown timeout first
-    # lets running stages finish for a while, then restores their messages to the queue
-    # at once instead of leaving them invisible until the visibility timeout.
-    os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
-    from workers.celery_app import app
-
-    queues = args.queues
+def worker_args(queues: str, pool: str, concurrency: int | None, loglevel: str) -> list[str]:
+    """The arguments of ``python -m workers``: a Celery worker on ``queues``."""
     argv = [
         "worker",
         "--queues",
         queues,
         "--pool",
-        args.pool,
+        pool,
         "--loglevel",
-        args.loglevel,
+        loglevel,
         "--hostname",
         f"{queues.replace(',', '-')}-{os.getpid()}@%h",
         "--without-gossip",
         "--without-mingle",
     ]
-    if args.concurrency:
-        argv += ["--concurrency", str(args.concurrency)]
+    if concurrency:
+        argv += ["--concurrency", str(concurrency)]
     if _log_format() == "json":
         argv.insert(0, "--quiet")
-    app.worker_main(argv)
-    return 0
+    return argv
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Become a Celery worker (``python -m workers``): the same process, so signals sent
+    to ``vor worker`` reach Celery, and the command line never imports it."""
+    return run_module(
+        "workers", worker_args(args.queues, args.pool, args.concurrency, args.loglevel)
+    )
+
+
+def run_module(module: str, argv: list[str]) -> int:
+    """Replace this process by ``python -m module argv...`` (same pid, same environment)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", module, *argv])
 
 
 def _data_dir(given: Path | None) -> Path:
@@ -416,27 +430,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_svor_server(args: argparse.Namespace) -> int:
-    from services.standin import server as svor_server
-
-    svor_server.serve(
-        args.host,
-        args.port,
-        faults=svor_server.faults_from_args(args),
-        api_key=args.api_key,
-        log_level=args.log_level,
-        engine=args.engine,
-    )
-    return 0
-
-
 COMMANDS = {
     "serve": cmd_serve,
     "api": cmd_api,
     "worker": cmd_worker,
     "remove": cmd_remove,
     "demo": cmd_demo,
-    "svor-server": cmd_svor_server,
 }
 
 

@@ -1,22 +1,23 @@
 """Webhook events of a job: which to send, and one delivery attempt of each.
 
-Terminal events are retried by the caller (a Celery task) on the schedule of
-``webhooks.backoff_s``; progress events are best effort, sent once. Every
+Terminal events are retried by the caller (``Lifecycle.deliver``, run by a Celery
+task) on the schedule of ``webhooks.backoff_s``; progress events are best effort, sent once. Every
 attempt is logged on the job, and a 410 from the receiver stops all further
 deliveries for that job.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from urllib.parse import urlsplit
 
 import httpx
 
+from services.errors import NotFound
 from services.jobs import webhooks
 from services.jobs.store import JobStore
 from services.models import Job, WebhookAttempt, utcnow
-from services.settings import Settings
 
 TERMINAL_EVENTS = {"job.succeeded", "job.failed", "job.canceled"}
 log = logging.getLogger("vor.webhooks")
@@ -36,13 +37,23 @@ def delivery_state(outcome: webhooks.DeliveryResult, last_attempt: bool) -> str:
     return "retrying" if outcome.retryable and not last_attempt else "failed"
 
 
+def metric_outcome(outcome: webhooks.DeliveryResult, retrying: bool) -> str:
+    """How ``vor_webhook_deliveries_total`` counts an attempt: ok, retry, failed or gone."""
+    if outcome.ok:
+        return "ok"
+    if outcome.gone:
+        return "gone"
+    return "retry" if retrying else "failed"
+
+
 def deliver_event(
-    job_id: str,
+    job: Job,
     event: str,
     *,
     attempt: int,
     store: JobStore,
-    settings: Settings,
+    secret: str,
+    timeout_s: float,
     client: httpx.Client,
     result: dict[str, str],
     last_attempt: bool = True,
@@ -51,35 +62,29 @@ def deliver_event(
 
     The job's ``webhook_state[event]`` says where delivery stands: ``delivered``,
     ``retrying``, ``failed`` (retries ran out, or the URL is refused) or ``gone`` (410).
+    A job deleted meanwhile (its delivery sent from a snapshot) keeps no log.
     """
-    job = store.get(job_id)
-    if job is None or not wants(job, event):
+    if not wants(job, event):
         return None
-    assert job.spec.webhook_url and settings.webhook_secret
+    assert job.spec.webhook_url
     msg_id = webhooks.webhook_id(job.id, event)
     body = webhooks.event_body(event, job.public(result))
     outcome = webhooks.deliver(
-        client,
-        job.spec.webhook_url,
-        secret=settings.webhook_secret,
-        msg_id=msg_id,
-        body=body,
-        timeout=settings.webhook_timeout_s,
+        client, job.spec.webhook_url, secret=secret, msg_id=msg_id, body=body, timeout=timeout_s
     )
-    store.log_webhook(
-        job.id,
-        WebhookAttempt(
-            event=event,
-            webhook_id=msg_id,
-            attempt=attempt,
-            at=utcnow(),
-            status_code=outcome.status_code,
-            error="gone" if outcome.gone else outcome.error,
-            ok=outcome.ok,
-        ),
+    attempt_log = WebhookAttempt(
+        event=event,
+        webhook_id=msg_id,
+        attempt=attempt,
+        at=utcnow(),
+        status_code=outcome.status_code,
+        error="gone" if outcome.gone else outcome.error,
+        ok=outcome.ok,
     )
-    if event in TERMINAL_EVENTS:
-        store.set_webhook_state(job.id, event, delivery_state(outcome, last_attempt))
+    with contextlib.suppress(NotFound):
+        store.log_webhook(job.id, attempt_log)
+        if event in TERMINAL_EVENTS:
+            store.set_webhook_state(job.id, event, delivery_state(outcome, last_attempt))
     host = urlsplit(job.spec.webhook_url).netloc
     detail = f"delivered ({outcome.status_code})" if outcome.ok else outcome.error
     level = logging.INFO if outcome.ok else logging.WARNING

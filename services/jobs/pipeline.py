@@ -4,7 +4,8 @@ Celery tasks in ``workers/`` are thin wrappers around ``run_stage``; tests call
 the stages directly. A stage reads its inputs from storage into a scratch
 directory of its own, writes its outputs back to storage, records them on the
 job, and removes the scratch directory, so a stage that runs twice (a
-redelivered message) simply does its work again.
+redelivered message) simply does its work again. A stage that ends its job
+(the last one succeeding, any one failing) does so through the lifecycle.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any
 
 from services import logs, metrics
-from services.engines import get_engine
+from services.engines import capabilities, get_engine
 from services.engines.base import Engine
 from services.errors import (
     Canceled,
@@ -35,50 +37,52 @@ from services.errors import (
 )
 from services.jobs import submission
 from services.jobs.lease import StageLease
-from services.jobs.store import JobStore, stage_key
+from services.jobs.lifecycle import Lifecycle
+from services.jobs.plan import span, stage_key
+from services.jobs.store import JobStore
 from services.media import compose, masks, preview
 from services.media.video import video_size
-from services.models import ClassPrompt, Job, JobError, SegmentInfo, SegmentObject, Stage, Status
+from services.models import ClassPrompt, Job, SegmentInfo, SegmentObject, Stage, Status
 from services.settings import Settings
+from services.storage import Storage
 
 log = logging.getLogger("vor.pipeline")
-
-Notify = Callable[[str, str], None]
-"""Called with (job_id, event) when a job reaches an event a webhook may want."""
-
-STAGE_SPAN = {
-    "remove": {
-        Stage.compress: (0.0, 0.1),
-        Stage.segment: (0.1, 0.4),
-        Stage.mask_convert: (0.4, 0.45),
-        Stage.merge: (0.45, 0.5),
-        Stage.erase: (0.5, 0.85),
-        Stage.publish: (0.85, 1.0),
-    },
-    "segment": {Stage.compress: (0.0, 0.2), Stage.segment: (0.2, 0.85), Stage.publish: (0.85, 1.0)},
-}
 
 
 @dataclass
 class Resources:
-    store: JobStore
-    storage: Any
-    settings: Settings
+    """What a stage works with: the lifecycle (job store, storage, settings) and engines."""
+
+    jobs: Lifecycle
     time_limit_errors: tuple[type[BaseException], ...] = ()
     """What the runner raises inside a stage that outlived its time limit."""
-    notify: Notify = field(default=lambda job_id, event: None)
     engines: dict[str, Engine] = field(default_factory=dict)
+
+    @property
+    def store(self) -> JobStore:
+        return self.jobs.store
+
+    @property
+    def storage(self) -> Storage:
+        return self.jobs.storage
+
+    @property
+    def settings(self) -> Settings:
+        return self.jobs.settings
 
     def engine(self, name: str) -> Engine:
         if name not in self.engines:
-            self.engines[name] = get_engine(name, self.settings)
+            self.engines[name] = get_engine(name, self.settings, redis_client=self.store.redis)
         return self.engines[name]
 
 
-class StageOutcome:
+class StageOutcome(Enum):
     done = "done"
+    """The chain goes on."""
     skipped = "skipped"
+    """The job ended, the message is stale, or the job was canceled meanwhile."""
     failed = "failed"
+    """This stage failed the job."""
     busy = "busy"
     """Another copy holds the stage's lease: look again once the lease could have expired."""
 
@@ -134,7 +138,7 @@ class StageRun:
         if now - self._last_report < 0.5 and fraction < 1.0:
             return
         self._last_report = now
-        start, end = STAGE_SPAN[self.job.mode].get(self.stage, (0.0, 1.0))
+        start, end = span(self.job.mode, self.stage)
         job = self.res.store.set_progress(self.job.id, start + (end - start) * fraction)
         if job.status is Status.canceled:
             raise Canceled("the job was canceled", stage=self.stage.value)
@@ -148,13 +152,11 @@ def run_stage(
     label: str | None = None,
     generation: int = 0,
     final_attempt: bool = True,
-) -> str:
+) -> StageOutcome:
     """Run one stage of a job and record what happened on the job.
 
-    Returns ``StageOutcome.done`` when the chain should go on, ``skipped`` when
-    the job ended, the message is stale or another copy holds the stage's lease,
-    and ``failed`` when this stage failed the job. A ``TransientError``
-    propagates for the caller to retry, unless this is the ``final_attempt``.
+    A ``TransientError`` propagates for the caller to retry, unless this is the
+    ``final_attempt``; every other failure fails the job through the lifecycle.
     """
     key = stage_key(stage, label)
     logs.bind(job_id=job_id, stage=stage.value)
@@ -168,54 +170,71 @@ def run_stage(
             return StageOutcome.skipped
         logs.bind(tenant=job.tenant)
         if job.runs[key] > res.settings.stage_max_runs:
-            fail(res, job_id, stage, StageCrashed(
+            res.jobs.fail(job_id, stage, StageCrashed(
                 f"the {stage.value} stage was started {job.runs[key] - 1} times and its worker "
                 "died each time (out of memory, or a crash in a codec?); try a shorter or "
                 "smaller video",
                 stage=stage.value,
             ))  # fmt: skip
             return StageOutcome.failed
-        res.notify(job_id, "job.progress")
-        scratch = res.settings.work_dir / job_id / f"{key.replace(':', '-')}-{time.time_ns()}"
-        scratch.mkdir(parents=True, exist_ok=True)
-        run = StageRun(job, stage, res, scratch)
-        try:
-            _debug_delay(run)
-            if label is not None and label == res.settings.debug_crash_label:
-                os.kill(os.getpid(), signal.SIGKILL)
-            if stage is Stage.segment:
-                segment(run, label)
-            else:
-                STAGES[stage](run)
-            if stage is not Stage.publish:
-                res.store.complete_stage(job_id, key, time.monotonic() - run.began)
-            seconds = time.monotonic() - run.began
-            metrics.stage_done(res.store.redis, stage.value, job.engine, seconds)
-            return StageOutcome.done
-        except Canceled:
-            cleanup_job_files(res.settings, job_id)
-            return StageOutcome.skipped
-        except res.time_limit_errors:
-            fail(res, job_id, stage, StageTimedOut(
-                f"the {stage.value} stage did not finish within "
-                f"{res.settings.stage_time_limit_s:g} s; try a shorter video",
-                stage=stage.value,
-            ))  # fmt: skip
-            return StageOutcome.failed
-        except TransientError as exc:
-            if not final_attempt:
-                raise
-            fail(res, job_id, stage, exc)
-            return StageOutcome.failed
-        except VorError as exc:
-            fail(res, job_id, stage, exc)
-            return StageOutcome.failed
-        except Exception as exc:
-            log.exception("stage %s of %s crashed", key, job_id)
-            fail(res, job_id, stage, exc)
-            return StageOutcome.failed
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        res.jobs.notify(job_id, "job.progress")
+        return _attempt(job, stage, label, res, final_attempt=final_attempt)
+
+
+def _attempt(
+    job: Job, stage: Stage, label: str | None, res: Resources, *, final_attempt: bool
+) -> StageOutcome:
+    """Do the stage's work in a scratch directory; every way it can end, handled."""
+    key = stage_key(stage, label)
+    scratch = res.settings.work_dir / job.id / f"{key.replace(':', '-')}-{time.time_ns()}"
+    scratch.mkdir(parents=True, exist_ok=True)
+    run = StageRun(job, stage, res, scratch)
+    try:
+        _work(run, label)
+        return StageOutcome.done
+    except Canceled:
+        res.jobs.cleanup(job.id)
+        return StageOutcome.skipped
+    except res.time_limit_errors:
+        res.jobs.fail(job.id, stage, StageTimedOut(
+            f"the {stage.value} stage did not finish within "
+            f"{res.settings.stage_time_limit_s:g} s; try a shorter video",
+            stage=stage.value,
+        ))  # fmt: skip
+        return StageOutcome.failed
+    except TransientError:
+        if not final_attempt:
+            raise
+        return _failed(run, key)
+    except Exception:
+        return _failed(run, key)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _failed(run: StageRun, key: str) -> StageOutcome:
+    """Fail the job with the exception being handled (a crash is logged with its trace)."""
+    exc = sys.exc_info()[1]
+    assert exc is not None
+    if not isinstance(exc, VorError):
+        log.exception("stage %s of %s crashed", key, run.job.id)
+    run.res.jobs.fail(run.job.id, run.stage, exc)
+    return StageOutcome.failed
+
+
+def _work(run: StageRun, label: str | None) -> None:
+    settings, stage = run.res.settings, run.stage
+    _debug_delay(run)
+    if label is not None and label == settings.debug_crash_label:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if stage is Stage.segment:
+        segment(run, label)
+    else:
+        STAGES[stage](run)
+    seconds = time.monotonic() - run.began
+    if stage is not Stage.publish:
+        run.res.store.complete_stage(run.job.id, stage_key(stage, label), seconds)
+    metrics.stage_done(run.res.store.redis, stage.value, run.job.engine, seconds)
 
 
 def _debug_delay(run: StageRun) -> None:
@@ -229,27 +248,6 @@ def _debug_delay(run: StageRun) -> None:
     while time.monotonic() < deadline:
         time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
         run.progress(0.0)
-
-
-def fail(res: Resources, job_id: str, stage: Stage, exc: BaseException) -> None:
-    if isinstance(exc, VorError):
-        error = JobError(code=exc.code, message=exc.message, stage=exc.stage or stage.value)
-    else:
-        error = JobError(
-            code="internal_error",
-            message=f"vor failed unexpectedly in {stage.value} ({type(exc).__name__}: {exc}); "
-            "retrying will not help until this is fixed: report the job id",
-            stage=stage.value,
-        )
-    job = res.store.finish(job_id, Status.failed, error=error)
-    cleanup_job_files(res.settings, job_id)
-    if job.status is Status.failed and job.error == error:
-        log.warning("job failed in %s: %s (%s)", error.stage, error.message, error.code)
-        res.notify(job_id, "job.failed")
-
-
-def cleanup_job_files(settings: Settings, job_id: str) -> None:
-    shutil.rmtree(settings.work_dir / job_id, ignore_errors=True)
 
 
 def _prompts(job: Job, store: JobStore) -> list[ClassPrompt]:
@@ -270,7 +268,7 @@ def compress(run: StageRun) -> None:
     source = run.fetch("input")
     if job.input is None:
         info = submission.probe_upload(source, job.engine, run.res.settings)
-        submission.check_prompts(job.spec, job.engine, info)
+        submission.check_prompts(job.spec, capabilities(job.engine, run.res.settings), info)
         run.job = run.res.store.update(job.id, lambda j: setattr(j, "input", info))
     assert run.job.input is not None
     engine = run.res.engine(job.engine)
@@ -440,11 +438,7 @@ def publish_segments(run: StageRun) -> None:
 
 
 def _succeed(run: StageRun) -> None:
-    run.res.store.complete_stage(run.job.id, run.stage.value, time.monotonic() - run.began)
-    job = run.res.store.finish(run.job.id, Status.succeeded, stage=None)
-    cleanup_job_files(run.res.settings, run.job.id)
-    if job.status is Status.succeeded:
-        run.res.notify(job.id, "job.succeeded")
+    run.res.jobs.succeed(run.job.id, run.stage.value, time.monotonic() - run.began)
 
 
 STAGES: dict[Stage, Callable[..., None]] = {
@@ -455,18 +449,3 @@ STAGES: dict[Stage, Callable[..., None]] = {
     Stage.erase: erase,
     Stage.publish: publish,
 }
-
-
-def result_urls(job: Job, storage: Any, expires_s: int) -> dict[str, str]:
-    """The client-facing URLs of a job's published files, signed afresh."""
-    return {
-        name.removeprefix("result:"): storage.url(key, expires_s=expires_s)
-        for name, key in job.artifacts.items()
-        if name.startswith("result:")
-    }
-
-
-def input_url(job: Job, storage: Any, expires_s: int) -> str | None:
-    """The video as the client sent it, signed afresh (for before/after views)."""
-    key = job.artifacts.get("input")
-    return storage.url(key, expires_s=expires_s) if key else None

@@ -20,6 +20,7 @@ import redis
 
 from services import metrics
 from services.errors import Conflict, InvalidInput, NotFound, Stale
+from services.jobs.plan import stage_key
 from services.models import Job, Stage, Status, WebhookAttempt, utcnow
 
 
@@ -282,10 +283,6 @@ class JobStore:
     def tenant_channel(self, tenant: str) -> str:
         """Where every change of a tenant's jobs is published: new, changed, deleted."""
         return self._key("tenant-events", tenant)
-
-
-def stage_key(stage: Stage, label: str | None = None) -> str:
-    return stage.value if label is None else f"{stage.value}:{label}"
 
 
 _RENEW_LUA = """

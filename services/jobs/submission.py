@@ -1,14 +1,15 @@
 """Accepting a job: everything that can be checked before work is queued, is.
 
-A submission that passes is stored (files in storage, the job in the job
-store) and enqueued; one that does not raises a ``VorError`` naming the field.
+``accept`` checks a submission and makes its job, or raises a ``VorError`` naming
+the field at fault; ``store_files`` puts its files into storage. The lifecycle
+(``Lifecycle.submit``) stores the job and enqueues it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from services.engines import capabilities
+from services.engines.base import Capabilities
 from services.errors import (
     InputTooLarge,
     InvalidInput,
@@ -23,13 +26,13 @@ from services.errors import (
     NotFound,
     PayloadTooLarge,
     TransientError,
-    UnsupportedPrompt,
 )
 from services.jobs.store import JobStore, new_job_id
 from services.media.masks import MAX_IMAGE_PIXELS
 from services.media.video import image_size, probe
 from services.models import InputInfo, Job, JobSpec, SegmentInfo, Status
 from services.settings import Settings
+from services.storage import Storage
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
@@ -84,12 +87,7 @@ def probe_upload(path: Path, engine: str, settings: Settings) -> InputInfo:
         max_height=settings.max_height,
         max_frames=settings.max_frames,
     )
-    if engine == "svor" and info.duration_s > settings.svor_max_duration_s + 0.05:
-        raise InvalidInput(
-            f"the svor engine accepts clips of at most {settings.svor_max_duration_s:g} s and "
-            f"this one lasts {info.duration_s:.2f} s: trim it, or use the local engine",
-            field="video",
-        )
+    capabilities(engine, settings).check_clip(info)
     return info
 
 
@@ -125,20 +123,12 @@ def download_video(url: str, dest: Path, settings: Settings) -> Path:
     return dest
 
 
-def check_prompts(spec: JobSpec, engine: str, info: InputInfo | None) -> None:
+def check_prompts(spec: JobSpec, engine: Capabilities, info: InputInfo | None) -> None:
+    """Every class against what the engine can do and, once known, the video's length."""
     for index, prompt in enumerate(spec.classes):
-        if engine == "local" and not prompt.has_geometry:
-            raise UnsupportedPrompt(
-                f"class {prompt.label!r} has only a text prompt; the local engine needs boxes or "
-                "points (text needs a segmentation model: use engine 'svor')",
-                field=f"classes[{index}].text",
-            )
-        if info is not None and prompt.frame_index >= info.frames:
-            raise InvalidSpec(
-                f"frame_index {prompt.frame_index} is past the last frame: the video has "
-                f"{info.frames} frames (0..{info.frames - 1})",
-                field=f"classes[{index}].frame_index",
-            )
+        engine.check_prompt(prompt, f"classes[{index}].text")
+        if info is not None:
+            prompt.check_frame_index(info.frames, field=f"classes[{index}].frame_index")
 
 
 def check_url(url: str, field: str, settings: Settings) -> None:
@@ -268,26 +258,20 @@ def _reused(
     return artifacts, segments, done
 
 
-def submit(
-    sub: Submission,
-    *,
-    store: JobStore,
-    storage: Any,
-    settings: Settings,
-    enqueue: Callable[[Job], None],
-) -> tuple[Job, bool]:
-    """Check, store and enqueue a job. Returns the job and whether it is new."""
-    spec = sub.spec
-    if sub.idempotency_key:
-        existing = store.by_idempotency_key(sub.tenant, sub.idempotency_key)
-        if existing is not None:
-            return existing, False
-    engine = spec.engine or settings.engine
-    artifacts: dict[str, str] = {}
-    segments: dict[str, SegmentInfo] = {}
-    done: list[str] = []
-    info: InputInfo | None = None
+@dataclass
+class _Source:
+    """Where a job's video comes from, and what it takes over from a ``from_job``."""
 
+    engine: str
+    info: InputInfo | None = None
+    artifacts: dict[str, str] = dataclasses.field(default_factory=dict)
+    segments: dict[str, SegmentInfo] = dataclasses.field(default_factory=dict)
+    done: list[str] = dataclasses.field(default_factory=list)
+
+
+def _source(sub: Submission, store: JobStore, settings: Settings) -> _Source:
+    spec = sub.spec
+    engine = spec.engine or settings.engine
     if spec.from_job:
         if sub.video is not None or spec.video_url or sub.mask is not None:
             raise InvalidSpec(
@@ -295,9 +279,8 @@ def submit(
             )
         source = _from_job(spec, sub.tenant, store)
         engine = spec.engine or source.engine
-        info = source.input
-        artifacts, segments, done = _reused(spec, source, engine)
-    elif sub.video is not None:
+        return _Source(engine, source.input, *_reused(spec, source, engine))
+    if sub.video is not None:
         if spec.video_url:
             raise InvalidSpec("send either a video file or video_url, not both", field="video_url")
         size = sub.video.stat().st_size
@@ -306,47 +289,60 @@ def submit(
                 f"the video is {size} bytes; the limit is {settings.max_upload_bytes}",
                 field="video",
             )
-        info = probe_upload(sub.video, engine, settings)
-    elif spec.video_url:
+        return _Source(engine, probe_upload(sub.video, engine, settings))
+    if spec.video_url:
         check_url(spec.video_url, "video_url", settings)
-    else:
+        return _Source(engine)
+    raise InvalidInput("send a video file (multipart field 'video') or a video_url", field="video")
+
+
+def _check_mask(sub: Submission, info: InputInfo | None, settings: Settings) -> None:
+    spec = sub.spec
+    if sub.mask is None:
+        if spec.mode == "remove" and not spec.classes and not spec.from_job:
+            raise InvalidSpec(
+                "nothing to remove: give classes with boxes or points, a from_job, or a mask",
+                field="classes",
+            )
+        return
+    if spec.mode != "remove":
+        raise InvalidSpec("only a remove job takes a mask", field="mask")
+    if spec.classes:
+        raise InvalidSpec("send either a mask or classes to segment, not both", field="mask")
+    frames = _mask_frames(sub.mask, settings)
+    if info is not None and frames not in (1, info.frames):
         raise InvalidInput(
-            "send a video file (multipart field 'video') or a video_url", field="video"
+            f"the mask has {frames} frames and the video {info.frames}: send one mask frame "
+            "per video frame, or a single image for all of them",
+            field="mask",
         )
 
-    check_prompts(spec, engine, info)
-    if sub.mask is not None:
-        if spec.mode != "remove":
-            raise InvalidSpec("only a remove job takes a mask", field="mask")
-        if spec.classes:
-            raise InvalidSpec("send either a mask or classes to segment, not both", field="mask")
-        frames = _mask_frames(sub.mask, settings)
-        if info is not None and frames not in (1, info.frames):
-            raise InvalidInput(
-                f"the mask has {frames} frames and the video {info.frames}: send one mask frame "
-                "per video frame, or a single image for all of them",
-                field="mask",
-            )
-    elif spec.mode == "remove" and not spec.classes and not spec.from_job:
-        raise InvalidSpec(
-            "nothing to remove: give classes with boxes or points, a from_job, or a mask",
-            field="classes",
-        )
+
+def accept(sub: Submission, *, store: JobStore, settings: Settings) -> Job:
+    """Check everything that can be checked before work is queued; the new job (not yet
+    stored), or a ``VorError`` naming the field at fault."""
+    spec = sub.spec
+    source = _source(sub, store, settings)
+    check_prompts(spec, capabilities(source.engine, settings), source.info)
+    _check_mask(sub, source.info, settings)
     if spec.webhook_url:
         check_url(spec.webhook_url, "webhook_url", settings)
-
-    job = Job(
+    return Job(
         id=new_job_id(),
         tenant=sub.tenant,
         mode=spec.mode,
-        engine=engine,  # type: ignore[arg-type]
+        engine=source.engine,  # type: ignore[arg-type]
         spec=spec,
-        input=info,
-        artifacts=artifacts,
-        segments=segments,
-        done=done,
+        input=source.info,
+        artifacts=source.artifacts,
+        segments=source.segments,
+        done=source.done,
         idempotency_key=sub.idempotency_key,
     )
+
+
+def store_files(job: Job, sub: Submission, storage: Storage) -> None:
+    """Put the submitted video and mask into storage, under the job's keys."""
     if sub.video is not None:
         key = f"jobs/{job.id}/input{suffix_of(sub.video_name, VIDEO_SUFFIXES, '.mp4')}"
         storage.put_file(key, sub.video)
@@ -356,7 +352,3 @@ def submit(
         key = f"jobs/{job.id}/mask_upload{suffix}"
         storage.put_file(key, sub.mask)
         job.artifacts["mask_upload"] = key
-    job, created = store.create(job)
-    if created:
-        enqueue(job)
-    return job, created

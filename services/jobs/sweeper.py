@@ -3,7 +3,9 @@
 Every few seconds one process (whoever holds the sweep lock) looks at the jobs
 whose heartbeat is older than ``VOR_STALL_TIMEOUT_S``:
 
-- a job whose stage outlived ``VOR_STAGE_TIME_LIMIT_S`` is failed (``stage_timeout``);
+- a job whose stage outlived ``VOR_STAGE_TIME_LIMIT_S`` is failed (``stage_timeout``)
+  through ``Lifecycle.fail``, as a stage's own failure is: state, ``job.failed``
+  webhook, clean-up and metrics;
 - a job with no live stage lease, no message waiting in a queue and no message
   a worker took within that time lost its worker (killed) or its messages (the
   broker lost its data): its generation is bumped and the stages it has not done
@@ -25,8 +27,8 @@ from typing import cast
 import redis
 
 from services.errors import StageTimedOut
-from services.jobs.store import JobStore
-from services.models import Job, JobError, Status, utcnow
+from services.jobs.lifecycle import Lifecycle
+from services.models import Job, Queue, utcnow
 from services.settings import Settings
 
 log = logging.getLogger("vor.sweeper")
@@ -70,13 +72,12 @@ def jobs_with_messages(
 
 
 def sweep(
-    store: JobStore,
+    jobs: Lifecycle,
     broker: redis.Redis,
-    settings: Settings,
-    enqueue: Callable[[Job], None],
     *,
-    queues: Iterable[str] = ("cpu", "io"),
+    queues: Iterable[str] = tuple(Queue),
 ) -> SweepReport:
+    store, settings = jobs.store, jobs.settings
     report = SweepReport([], [], [])
     now = time.time()
     stale = store.active_ids(older_than_s=settings.stall_timeout_s)
@@ -92,43 +93,39 @@ def sweep(
             continue
         started = job.stage_started_at.timestamp() if job.stage_started_at else None
         if started and now - started > settings.stage_time_limit_s + settings.stall_timeout_s:
-            error = JobError(
-                code=StageTimedOut.code,
-                message=f"the {job.stage} stage did not finish within "
-                f"{settings.stage_time_limit_s:g} s; try a shorter video",
-                stage=job.stage.value if job.stage else None,
-            )
-            store.finish(job_id, Status.failed, error=error, stage=job.stage)
-            report.failed.append(job_id)
+            if jobs.fail(job_id, job.stage, _timed_out(job, settings)) is not None:
+                report.failed.append(job_id)
             continue
         if store.has_live_lease(job_id) or job_id in with_messages:
             store.touch(job_id)
             report.waiting.append(job_id)
             continue
-        job = store.bump_generation(job_id)
+        job = jobs.requeue(job_id)
         log.warning("job %s stalled at %s: enqueued again (generation %d)",
                     job_id, job.stage or "queue", job.generation)  # fmt: skip
-        store.touch(job_id)
-        enqueue(job)
         report.requeued.append(job_id)
     return report
 
 
-def sweep_forever(
-    store: JobStore,
-    broker: redis.Redis,
-    settings: Settings,
-    enqueue: Callable[[Job], None],
-    stop: Callable[[], bool],
-) -> None:
+def _timed_out(job: Job, settings: Settings) -> StageTimedOut:
+    stage = job.stage.value if job.stage else "queued"
+    return StageTimedOut(
+        f"the {stage} stage did not finish within {settings.stage_time_limit_s:g} s; "
+        "try a shorter video",
+        stage=job.stage.value if job.stage else None,
+    )
+
+
+def sweep_forever(jobs: Lifecycle, broker: redis.Redis, stop: Callable[[], bool]) -> None:
     """Sweep every ``sweep_interval_s`` while holding the sweep lock; never raise."""
+    interval = jobs.settings.sweep_interval_s
     while not stop():
         try:
-            if store.acquire_lease("sweeper", "sweeper", settings.sweep_interval_s * 0.9):
-                report = sweep(store, broker, settings, enqueue)
+            if jobs.store.acquire_lease("sweeper", "sweeper", interval * 0.9):
+                report = sweep(jobs, broker)
                 if report.requeued or report.failed:
                     log.warning("sweep at %s: requeued %s, failed %s", utcnow().isoformat(),
                                 report.requeued, report.failed)  # fmt: skip
         except Exception:
             log.warning("sweep failed; trying again", exc_info=True)
-        time.sleep(settings.sweep_interval_s)
+        time.sleep(interval)

@@ -141,12 +141,30 @@ def _same_size(paths: Sequence[Path]) -> tuple[int, int]:
     return sizes[paths[0]]
 
 
+@functools.lru_cache(maxsize=64)
+def disc(px: int) -> np.ndarray:
+    """The one structuring element of every mask dilation and erosion in vor: a disc
+    of radius ``px`` (an ellipse in a ``2px+1`` square), so a mask grows evenly."""
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))
+
+
 def dilate(mask: np.ndarray, px: int) -> np.ndarray:
-    """Grow the non-zero region by ``px`` pixels with an elliptical (round) kernel."""
-    if px <= 0:
-        return mask
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))
-    return cv2.dilate(mask, kernel)
+    """Grow the non-zero region by ``px`` pixels; a bool mask comes back bool, a 0/255
+    one as it went in."""
+    if mask.dtype == bool:
+        if px <= 0:
+            return mask.astype(bool)
+        return cv2.dilate(mask.astype(np.uint8), disc(px)).astype(bool)
+    return mask if px <= 0 else cv2.dilate(mask, disc(px))
+
+
+def erode(mask: np.ndarray, px: int) -> np.ndarray:
+    """Shrink the non-zero region by ``px`` pixels (the inverse of ``dilate``)."""
+    if mask.dtype == bool:
+        if px <= 0:
+            return mask.astype(bool)
+        return cv2.erode(mask.astype(np.uint8), disc(px)).astype(bool)
+    return mask if px <= 0 else cv2.erode(mask, disc(px))
 
 
 def dilate_video(mask: Path, px: int, out: Path) -> Path:

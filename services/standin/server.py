@@ -42,7 +42,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.engines.base import Progress, Segmentation, no_progress
-from services.engines.svor.engine import ERASE_PATH, SEG_PATH
+from services.engines.svor.client import ERASE_PATH, SEG_PATH
 from services.errors import InputTooLarge, InvalidInput, VorError
 from services.media.video import VideoWriter, probe, read_frames
 from services.models import ClassPrompt, InputInfo

@@ -9,9 +9,10 @@ import cv2
 import numpy as np
 
 from services.engines.base import FoundObject, Progress, Segmentation
-from services.engines.local.inpaint import dilate, erase_frames
+from services.engines.local import CAPABILITIES
+from services.engines.local.inpaint import erase_frames
 from services.engines.local.tracking import MaskTracker, id_map, seeds_from_prompt, segment_seed
-from services.errors import InvalidInput, UnsupportedPrompt
+from services.media.masks import dilate
 from services.media.video import VideoWriter, read_frames, video_size
 from services.models import ClassPrompt, InputInfo
 
@@ -20,6 +21,7 @@ _PROGRESS_EVERY = 8
 
 class LocalEngine:
     name = "local"
+    capabilities = CAPABILITIES
 
     def __init__(self, *, max_side: int = 960, working_crf: int = 14) -> None:
         self.max_side = max_side
@@ -43,18 +45,9 @@ class LocalEngine:
     def segment(
         self, video: Path, prompt: ClassPrompt, out_dir: Path, progress: Progress
     ) -> Segmentation:
-        if not prompt.has_geometry:
-            raise UnsupportedPrompt(
-                f"class {prompt.label!r} has only a text prompt; the local engine cannot "
-                "segment from text: give boxes or points, or use the svor engine",
-                field="classes",
-            )
+        self.capabilities.check_prompt(prompt, "classes")
         width, height, fps, frames = video_size(video)
-        if prompt.frame_index >= frames:
-            raise InvalidInput(
-                f"frame_index {prompt.frame_index} is past the last frame ({frames - 1})",
-                field="classes.frame_index",
-            )
+        prompt.check_frame_index(frames, field="classes.frame_index")
         out_dir = Path(out_dir)
         store = np.lib.format.open_memmap(
             out_dir / f"{prompt.label}.frames.npy", "w+", np.uint8, (frames, height, width, 3)

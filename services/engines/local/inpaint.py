@@ -34,6 +34,8 @@ from typing import TypedDict
 import cv2
 import numpy as np
 
+from services.media.masks import dilate
+
 _RING = 4
 """Width of the band around a hole that anchors colour correction and the seam."""
 _FEATURE_MARGIN = 6
@@ -59,14 +61,6 @@ _CELL = 4
 """Grid cell (pixels) the seam correction is computed on."""
 _PER_SIDE = 2
 """Frames each way a hole pixel is copied from (nearest first) before the sides are blended."""
-
-
-def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
-    """A bool mask grown by ``pixels`` (a disc structuring element)."""
-    if pixels <= 0:
-        return mask.astype(bool)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * pixels + 1, 2 * pixels + 1))
-    return cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
 
 
 def telea(image: np.ndarray, hole: np.ndarray, radius: int = 5) -> np.ndarray:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from services.media.masks import dilate, erode
 from services.models import ClassPrompt
 
 _POINT_RADIUS_FRACTION = 0.012
@@ -136,7 +137,7 @@ def _refine_by_motion(
     object_errors, background_errors = [], []
     for other in neighbours:
         other_gray = cv2.cvtColor(other, cv2.COLOR_BGR2GRAY)
-        camera = _background_motion(_dense_flow(dis, gray, other_gray), grid, _grow(in_box, 4))
+        camera = _background_motion(_dense_flow(dis, gray, other_gray), grid, dilate(in_box, 4))
         matched = _match_translation(mask, gray, other_gray, np.zeros(2))
         if camera is None or matched is None:
             continue
@@ -168,9 +169,9 @@ def _snap(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     if not _SNAP or not mask.any():
         return mask
     trimap = np.full(mask.shape, cv2.GC_BGD, np.uint8)
-    trimap[_grow(mask, _SNAP)] = cv2.GC_PR_BGD
+    trimap[dilate(mask, _SNAP)] = cv2.GC_PR_BGD
     trimap[mask] = cv2.GC_PR_FGD
-    trimap[_shrink(mask, _SNAP)] = cv2.GC_FGD
+    trimap[erode(mask, _SNAP)] = cv2.GC_FGD
     snapped = _grabcut(image, trimap, iterations=1, pad=8)
     return snapped if snapped.sum() >= 0.5 * mask.sum() else mask
 
@@ -291,7 +292,7 @@ class MaskTracker:
         union = np.zeros(gray.shape, bool)
         for obj in self._objects:
             union |= obj.carried
-        zone = _grow(union, 8)
+        zone = dilate(union, 8)
         camera_prev = _background_motion(_dense_flow(self._dis, gray, self._gray), self._grid, zone)
         camera_next = None
         if upcoming is not None:
@@ -326,7 +327,7 @@ class _Object:
 
     @classmethod
     def start(cls, image: np.ndarray, mask: np.ndarray) -> _Object:
-        ring = _grow(mask, 25) & ~_grow(mask, 3)
+        ring = dilate(mask, 25) & ~dilate(mask, 3)
         colour = _colour_odds(image, mask, ring)
         return cls(mask, mask, float(max(1, mask.sum())), None, colour)
 
@@ -482,16 +483,6 @@ def _keep_touching(found: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     overlap = np.bincount(labels[predicted], minlength=count)
     keep = np.nonzero(overlap >= 0.02 * predicted.sum())[0]
     return np.isin(labels, keep[keep > 0])
-
-
-def _grow(mask: np.ndarray, pixels: int) -> np.ndarray:
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * pixels + 1, 2 * pixels + 1))
-    return cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
-
-
-def _shrink(mask: np.ndarray, pixels: int) -> np.ndarray:
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * pixels + 1, 2 * pixels + 1))
-    return cv2.erode(mask.astype(np.uint8), kernel).astype(bool)
 
 
 def _match_translation(

@@ -21,6 +21,7 @@ import redis
 
 from services import metrics
 from services.engines.base import FoundObject, Progress, Segmentation
+from services.engines.svor import capabilities
 from services.engines.svor.client import (
     DOWNLOAD_MAX_BYTES,
     ERASE_PATH,
@@ -33,12 +34,12 @@ from services.engines.svor.client import (
 from services.engines.svor.ratelimit import UpstreamLimiter
 from services.engines.svor.upload_fit import UploadPlan, fit_upload
 from services.errors import (
-    InputTooLarge,
     InvalidInput,
     UpstreamAuth,
     UpstreamFailed,
     UpstreamTooLarge,
 )
+from services.media.masks import dilate
 from services.media.video import PixelFormat, VideoWriter, read_frames, video_size
 from services.models import ClassPrompt, InputInfo
 from services.settings import Settings
@@ -78,7 +79,7 @@ class SvorEngine:
     ) -> None:
         self.client = client
         self.max_upload_bytes = max_upload_bytes
-        self.max_duration_s = max_duration_s
+        self.capabilities = capabilities(max_duration_s)
 
     @property
     def _budget(self) -> int:
@@ -86,12 +87,7 @@ class SvorEngine:
 
     def prepare(self, source: Path, info: InputInfo, out_dir: Path, progress: Progress) -> Path:
         """Compress ``source`` under the upload limit; the plan is saved as ``svor_upload.json``."""
-        if info.duration_s > self.max_duration_s + 0.5 / max(info.fps, 1.0):
-            raise InputTooLarge(
-                f"the svor engine takes clips of at most {self.max_duration_s:g} s; this one "
-                f"lasts {info.duration_s:g} s (trim it, or use the local engine)",
-                field="video",
-            )
+        self.capabilities.check_clip(info)
         out = Path(out_dir) / "svor_upload.mp4"
         plan = fit_upload(source, out, target_bytes=self._budget, progress=progress)
         plan.save(out.with_suffix(".json"))
@@ -102,11 +98,7 @@ class SvorEngine:
     ) -> Segmentation:
         out_dir = Path(out_dir)
         width, height, fps, frames = video_size(video)
-        if prompt.frame_index >= frames:
-            raise InvalidInput(
-                f"frame_index {prompt.frame_index} is past the last frame ({frames - 1})",
-                field="classes.frame_index",
-            )
+        prompt.check_frame_index(frames, field="classes.frame_index")
         stem = f"svor_{prompt.label}"
 
         def call(upload: Path) -> tuple[SvorResult, tuple[int, int]]:
@@ -313,18 +305,13 @@ def _dilated_masks(
     mask: Path, size: tuple[int, int], frames: int, dilation: int
 ) -> list[np.ndarray]:
     """The mask's 255 region grown by ``dilation`` px, as 0/255 frames at ``size``."""
-    kernel = (
-        cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilation + 1, 2 * dilation + 1))
-        if dilation > 0
-        else None
-    )
     width, height = size
     out: list[np.ndarray] = []
     for image in read_frames(mask, "gray"):
         if image.shape != (height, width):
             image = cv2.resize(image, (width, height), interpolation=cv2.INTER_NEAREST)
         binary = np.where(image > 127, 255, 0).astype(np.uint8)
-        out.append(cv2.dilate(binary, kernel) if kernel is not None else binary)
+        out.append(dilate(binary, dilation))
     if len(out) != frames:
         raise InvalidInput(
             f"the mask has {len(out)} frames and the video {frames}; they must match",
@@ -400,18 +387,13 @@ def engine_from_settings(
 ) -> SvorEngine:
     """The svor engine as configured; refuses to start without a key unless on loopback.
 
-    The shared limiter uses ``redis_client``, by default this process's Redis
-    (``runtime.get_redis()``) when one is configured; without Redis the calls go
-    unlimited.
+    The shared limiter uses ``redis_client`` (the pipeline hands in the job store's
+    Redis); without one the calls go unlimited.
     """
     if not settings.svor_api_key and not _is_loopback(settings.svor_base_url):
         raise UpstreamAuth(
             f"the svor engine needs an API key for {settings.svor_base_url}: set SVOR_API_KEY"
         )
-    if redis_client is None and settings.redis_url:
-        from services.runtime import get_redis
-
-        redis_client = get_redis()
     http = httpx.Client(
         timeout=httpx.Timeout(settings.svor_timeout_s, connect=10.0), follow_redirects=True
     )
