@@ -6,16 +6,28 @@ API gets it without importing ``workers``; the workers use it directly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import redis
+
+from services import runtime
 from services.engines import capabilities
 from services.jobs.plan import WEBHOOK_QUEUE, plan
-from services.models import Job, JobSpec
+from services.metrics import QueueDepths
+from services.models import Job, JobSpec, Queue
 from services.settings import get_settings
-from workers import canvas
+from workers import broker, canvas
 from workers.celery_app import WEBHOOK_TASK, app
+
+QUEUES = tuple(queue.value for queue in Queue)
 
 
 class CeleryDispatcher:
-    """Stages as a canvas (``workers.canvas``), webhooks as ``vor.webhook`` messages."""
+    """Stages as a canvas (``workers.canvas``), webhooks as ``vor.webhook`` messages;
+    what waits is read from the broker's Redis (``workers.broker``)."""
+
+    def __init__(self, broker: Callable[[], redis.Redis] = runtime.get_broker_redis) -> None:
+        self.broker = broker
 
     def enqueue(self, job: Job) -> None:
         engine = capabilities(job.engine, get_settings())
@@ -26,6 +38,14 @@ class CeleryDispatcher:
     def notify(self, job_id: str, event: str, *, snapshot: Job | None = None) -> None:
         kwargs = {"snapshot": snapshot.model_dump(mode="json")} if snapshot else {}
         app.send_task(WEBHOOK_TASK, args=(job_id, event), kwargs=kwargs, queue=WEBHOOK_QUEUE.value)
+
+    def queued_jobs(self, *, held_for_less_than_s: float) -> set[str]:
+        return broker.jobs_with_messages(
+            self.broker(), QUEUES, held_for_less_than_s=held_for_less_than_s
+        )
+
+    def depths(self) -> QueueDepths:
+        return broker.depths(self.broker(), QUEUES)
 
     def warm_up(self) -> None:
         """Finalize the app (its first canvas), reach the result backend, declare the queues."""

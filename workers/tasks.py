@@ -46,7 +46,7 @@ def start_sweeper(**_: Any) -> None:
     worker_shutdown.connect(lambda **_: stopping.set(), weak=False)
     thread = threading.Thread(
         target=sweeper.sweep_forever,
-        args=(jobs(), runtime.get_broker_redis(), stopping.is_set),
+        args=(jobs(), stopping.is_set),
         name="vor-sweeper",
         daemon=True,
     )

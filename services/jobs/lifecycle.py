@@ -50,6 +50,15 @@ class Dispatcher(Protocol):
         """Connect to the queue and declare what a submission uses (best effort)."""
         ...
 
+    def queued_jobs(self, *, held_for_less_than_s: float) -> set[str]:
+        """Jobs with a message waiting in a queue, or taken by a worker less than
+        ``held_for_less_than_s`` ago (the sweeper leaves those alone)."""
+        ...
+
+    def depths(self) -> metrics.QueueDepths:
+        """Messages waiting per queue, and those workers hold (for ``/metrics``)."""
+        ...
+
 
 def job_error(exc: BaseException, stage: Stage | None) -> JobError:
     """What a job's ``error`` says about ``exc``, raised in ``stage`` (None: in the queue)."""

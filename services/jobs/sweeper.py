@@ -18,17 +18,13 @@ every time fails after ``VOR_STAGE_MAX_RUNS`` instead of looping.
 from __future__ import annotations
 
 import logging
-import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
-
-import redis
 
 from services.errors import StageTimedOut
 from services.jobs.lifecycle import Lifecycle
-from services.models import Job, Queue, utcnow
+from services.models import Job, utcnow
 from services.settings import Settings
 
 log = logging.getLogger("vor.sweeper")
@@ -41,51 +37,14 @@ class SweepReport:
     waiting: list[str]
 
 
-JOB_ID = re.compile(rb"job_[0-9a-f]{20}")
-
-
-def jobs_with_messages(
-    broker: redis.Redis, queues: Iterable[str], *, held_for_less_than_s: float
-) -> set[str]:
-    """Jobs with a message waiting in a queue, or delivered to a worker recently.
-
-    A message a worker took long ago and never started (no stage lease) was most
-    likely taken by a worker that died: it does not count.
-    """
-    found: set[str] = set()
-    for queue in queues:
-        for key in broker.scan_iter(match=f"{queue}*", count=100):
-            if broker.type(key) == b"list":
-                for message in cast("list[bytes]", broker.lrange(key, 0, -1)):
-                    found.update(m.decode() for m in JOB_ID.findall(message))
-    cutoff = time.time() - held_for_less_than_s
-    # redis-py types its commands for both clients (sync | Awaitable); ours is sync.
-    scored = cast(
-        "list[tuple[bytes, float]]",
-        broker.zrangebyscore("unacked_index", cutoff, "+inf", withscores=True),
-    )
-    recent = {tag for tag, _ in scored}
-    for tag, message in broker.hscan_iter("unacked"):
-        if tag in recent:
-            found.update(m.decode() for m in JOB_ID.findall(message))
-    return found
-
-
-def sweep(
-    jobs: Lifecycle,
-    broker: redis.Redis,
-    *,
-    queues: Iterable[str] = tuple(Queue),
-) -> SweepReport:
+def sweep(jobs: Lifecycle) -> SweepReport:
     store, settings = jobs.store, jobs.settings
     report = SweepReport([], [], [])
     now = time.time()
     stale = store.active_ids(older_than_s=settings.stall_timeout_s)
     if not stale:
         return report
-    with_messages = jobs_with_messages(
-        broker, queues, held_for_less_than_s=settings.stall_timeout_s
-    )
+    with_messages = jobs.dispatcher.queued_jobs(held_for_less_than_s=settings.stall_timeout_s)
     for job_id in stale:
         job = store.get(job_id)
         if job is None or job.status.is_terminal():
@@ -116,13 +75,13 @@ def _timed_out(job: Job, settings: Settings) -> StageTimedOut:
     )
 
 
-def sweep_forever(jobs: Lifecycle, broker: redis.Redis, stop: Callable[[], bool]) -> None:
+def sweep_forever(jobs: Lifecycle, stop: Callable[[], bool]) -> None:
     """Sweep every ``sweep_interval_s`` while holding the sweep lock; never raise."""
     interval = jobs.settings.sweep_interval_s
     while not stop():
         try:
             if jobs.store.acquire_lease("sweeper", "sweeper", interval * 0.9):
-                report = sweep(jobs, broker)
+                report = sweep(jobs)
                 if report.requeued or report.failed:
                     log.warning("sweep at %s: requeued %s, failed %s", utcnow().isoformat(),
                                 report.requeued, report.failed)  # fmt: skip

@@ -189,26 +189,9 @@ def probe(
         limit, cap = f"{DEFAULT_MAX_PIXELS} pixels", DEFAULT_MAX_PIXELS
     container = open_input(path, max_pixels=cap)
     try:
-        if not container.streams.video:
-            raise InvalidInput("the file has no video stream", field="video")
-        if len(container.streams) > MAX_STREAMS:
-            raise InvalidInput(
-                f"the file has more than {MAX_STREAMS} streams; at most {MAX_STREAMS} are accepted",
-                field="video",
-            )
-        stream = container.streams.video[0]
+        stream = _video_stream(container)
         ctx = stream.codec_context
-        width, height = int(ctx.width or 0), int(ctx.height or 0)
-        if width <= 0 or height <= 0:
-            width, height = _header_size(path)
-            if width * height > cap:
-                raise InputTooLarge(
-                    f"the video is {width}x{height}; the limit is {limit}", field="video"
-                )
-            raise InvalidInput(
-                f"the video stream has no readable frame size (or frames over {cap} pixels)",
-                field="video",
-            )
+        width, height = _frame_size(path, ctx, cap, limit)
         if (max_width and width > max_width) or (max_height and height > max_height):
             raise InputTooLarge(
                 f"the video is {width}x{height}; the limit is {limit}", field="video"
@@ -216,18 +199,11 @@ def probe(
         ctx.options = {"max_pixels": str(pixel_cap(width, height))}
         fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
         declared = float(container.duration / av.time_base) if container.duration else 0.0
-        if max_duration_s and declared > max_duration_s * 1.05 + 1:
-            raise InputTooLarge(
-                f"the video lasts {declared:.1f} s; the limit is {max_duration_s:g} s",
-                field="video",
-            )
+        slack = 0.05 * (max_duration_s or 0.0) + 1.0
+        _check_duration(declared, max_duration_s, slack=slack, digits=1)
         frames, span = _count_frames(container, stream, max_frames)
         duration = frames / fps
-        if max_duration_s and max(duration, span) > max_duration_s + 1e-6:
-            raise InputTooLarge(
-                f"the video lasts {max(duration, span):.2f} s; the limit is {max_duration_s:g} s",
-                field="video",
-            )
+        _check_duration(max(duration, span), max_duration_s, slack=1e-6, digits=2)
         return InputInfo(
             duration_s=round(duration, 3),
             width=width,
@@ -243,6 +219,41 @@ def probe(
         raise InvalidInput(f"the video could not be read: {_reason(exc)}", field="video") from exc
     finally:
         container.close()
+
+
+def _video_stream(container: Any) -> Any:
+    """The first video stream, of a file with a reasonable number of streams."""
+    if not container.streams.video:
+        raise InvalidInput("the file has no video stream", field="video")
+    if len(container.streams) > MAX_STREAMS:
+        raise InvalidInput(
+            f"the file has more than {MAX_STREAMS} streams; at most {MAX_STREAMS} are accepted",
+            field="video",
+        )
+    return container.streams.video[0]
+
+
+def _frame_size(path: Path, ctx: Any, cap: int, limit: str) -> tuple[int, int]:
+    """The frame size the decoder reports; when it reports none (it refused frames over
+    ``cap`` pixels), the header's, to say why."""
+    width, height = int(ctx.width or 0), int(ctx.height or 0)
+    if width > 0 and height > 0:
+        return width, height
+    width, height = _header_size(path)
+    if width * height > cap:
+        raise InputTooLarge(f"the video is {width}x{height}; the limit is {limit}", field="video")
+    raise InvalidInput(
+        f"the video stream has no readable frame size (or frames over {cap} pixels)",
+        field="video",
+    )
+
+
+def _check_duration(seconds: float, limit: float | None, *, slack: float, digits: int) -> None:
+    """Refuse a video over ``limit`` by more than ``slack`` seconds."""
+    if limit and seconds > limit + slack:
+        raise InputTooLarge(
+            f"the video lasts {seconds:.{digits}f} s; the limit is {limit:g} s", field="video"
+        )
 
 
 def _count_frames(container: Any, stream: Any, max_frames: int | None) -> tuple[int, float]:
