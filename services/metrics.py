@@ -249,7 +249,7 @@ def _histogram_family(metric: Histogram, raw: dict[bytes, bytes]) -> HistogramMe
         labels, _, part = field.decode().rpartition("|")
         series.setdefault(labels, {})[part] = float(value)
     family = HistogramMetricFamily(metric.name, metric.help, labels=list(metric.labels))
-    bounds = [*(floatToGoString(b) for b in metric.buckets), "+Inf"]
+    bounds = [*(floatToGoString(b) for b in metric.buckets), "+Inf"]  # type: ignore[no-untyped-call]
     for labels, parts in sorted(series.items()):
         running = 0.0
         buckets: list[tuple[str, float]] = []

@@ -91,7 +91,7 @@ class JobStore:
         with self.redis.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(key)
+                    pipe.watch(key)  # type: ignore[no-untyped-call]
                     # Watching, the pipeline runs commands at once: a value, not a queue.
                     raw = cast("bytes | None", pipe.get(key))
                     if raw is None:

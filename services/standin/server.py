@@ -219,7 +219,8 @@ class _State:
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
-            return json.loads(json.dumps(self.stats))
+            copy: dict[str, Any] = json.loads(json.dumps(self.stats))
+            return copy
 
 
 def _endpoint(path: str) -> str:
@@ -668,9 +669,8 @@ def create_app(
 
 def _argument_type(annotation: Any) -> type:
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if isinstance(annotation, types.UnionType) and args:
-        return args[0]
-    return annotation
+    found: type = args[0] if isinstance(annotation, types.UnionType) and args else annotation
+    return found
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -264,6 +264,7 @@ def _track(source: _Slot, target: _Slot) -> np.ndarray | None:
     yi = np.clip(np.rint(end[:, 1]).astype(np.int32), 0, height - 1)
     good &= ~dilate(target.hole, _FEATURE_MARGIN // 2)[yi, xi]
     if good.sum() >= _MIN_INLIERS:
+        homography: np.ndarray | None
         homography, inliers = cv2.findHomography(start[good], landed[good], cv2.RANSAC, 2.0)
         if homography is not None and inliers.sum() >= _MIN_INLIERS:
             return homography

@@ -208,9 +208,10 @@ def _similar_to_points(
 def _grabcut(image: np.ndarray, trimap: np.ndarray, *, iterations: int, pad: int = 8) -> np.ndarray:
     """GrabCut on the smallest crop that holds every undecided pixel; bool mask of the frame."""
     undecided = (trimap == cv2.GC_PR_FGD) | (trimap == cv2.GC_PR_BGD)
-    result = (trimap == cv2.GC_FGD) | (trimap == cv2.GC_PR_FGD)
+    result: np.ndarray = (trimap == cv2.GC_FGD) | (trimap == cv2.GC_PR_FGD)
     if not undecided.any():
-        return trimap == cv2.GC_FGD
+        certain: np.ndarray = trimap == cv2.GC_FGD
+        return certain
     has_fg = ((trimap == cv2.GC_FGD) | (trimap == cv2.GC_PR_FGD)).any()
     has_bg = ((trimap == cv2.GC_BGD) | (trimap == cv2.GC_PR_BGD)).any()
     if not (has_fg and has_bg):
@@ -239,7 +240,7 @@ def _grabcut(image: np.ndarray, trimap: np.ndarray, *, iterations: int, pad: int
         )
     except cv2.error:
         return result
-    out = trimap == cv2.GC_FGD
+    out: np.ndarray = trimap == cv2.GC_FGD
     out[y0:y1, x0:x1] = (crop == cv2.GC_FGD) | (crop == cv2.GC_PR_FGD)
     return out
 
@@ -419,7 +420,10 @@ def _motion_evidence(
     window = (_RESIDUAL_WINDOW, _RESIDUAL_WINDOW)
     object_error = cv2.blur(object_error, window)
     background_error = cv2.blur(background_error, window)
-    return (background_error - object_error) / (background_error + object_error + _RESIDUAL_FLOOR)
+    odds: np.ndarray = (background_error - object_error) / (
+        background_error + object_error + _RESIDUAL_FLOOR
+    )
+    return odds
 
 
 def _camera_error(
@@ -436,13 +440,15 @@ def _camera_error(
             flags=cv2.WARP_INVERSE_MAP | cv2.INTER_LINEAR,
             borderMode=cv2.BORDER_REPLICATE,
         )
-    return np.abs(here - seen[crop].astype(np.float32)).sum(axis=2)
+    error: np.ndarray = np.abs(here - seen[crop].astype(np.float32)).sum(axis=2)
+    return error
 
 
 def _dense_flow(dis: cv2.DISOpticalFlow, first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """DIS flow from ``first`` to ``second``, computed afresh (no initial flow)."""
     # The stub types ``flow`` as required; None (no initial flow) is valid at runtime.
-    return dis.calc(first, second, None)  # type: ignore[call-overload]
+    flow: np.ndarray = dis.calc(first, second, None)  # type: ignore[call-overload]
+    return flow
 
 
 def _colour_bins(image: np.ndarray) -> np.ndarray:
@@ -517,6 +523,7 @@ def _background_motion(
         return None
     src = grid[ys[keep], xs[keep]]
     dst = src + backward[ys[keep], xs[keep]]
+    homography: np.ndarray | None
     homography, _ = cv2.findHomography(src, dst, cv2.RANSAC, 2.0, maxIters=200)
     return homography
 

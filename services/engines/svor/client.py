@@ -317,7 +317,8 @@ class SvorClient:
     def backoff(self, attempt: int, retry_after: float | None = None) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2**attempt)], never below Retry-After."""
         ceiling = min(self.backoff_cap_s, self.backoff_base_s * 2**attempt)
-        return max(retry_after or 0.0, self.rng() * ceiling)
+        jitter: float = self.rng() * ceiling
+        return max(retry_after or 0.0, jitter)
 
     def _send(
         self, method: str, url: str, headers: dict[str, str], max_bytes: int, kwargs: Any

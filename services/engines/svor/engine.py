@@ -246,7 +246,8 @@ def _id_lut(ids: list[int]) -> np.ndarray:
         return np.arange(256, dtype=np.uint8)
     levels = np.array([0, *ids], dtype=np.int16)
     grays = np.arange(256, dtype=np.int16)[:, None]
-    return levels[np.abs(grays - levels[None, :]).argmin(axis=1)].astype(np.uint8)
+    nearest: np.ndarray = levels[np.abs(grays - levels[None, :]).argmin(axis=1)].astype(np.uint8)
+    return nearest
 
 
 def _conformed_frames(
