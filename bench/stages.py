@@ -29,7 +29,7 @@ from services.cli.client import VorClient  # noqa: E402
 from services.cli.embedded import EmbeddedService, free_port  # noqa: E402
 from services.media.synthetic import make_clip  # noqa: E402
 from services.media.video import probe, read_frames, write_video  # noqa: E402
-from tests.support.processes import start_svor_server  # noqa: E402
+from services.standin.process import start_standin  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 STAGES = ["compress", "segment", "mask_convert", "merge", "erase", "publish"]
@@ -105,7 +105,7 @@ def main() -> None:
     if car:
         clips["running-car 972x540x292 (mask)"] = (car[0], None, car[1])
     svor_port = free_port()
-    svor = start_svor_server(svor_port, folder / "svor.log")
+    svor = start_standin(svor_port, folder / "svor.log")
     svor_url = f"http://127.0.0.1:{svor_port}"
     env = {"VOR_SVOR_BASE_URL": svor_url, "VOR_MAX_DURATION_S": "600"}
     rows = []

@@ -13,11 +13,13 @@ import cv2
 import httpx
 import pytest
 
+from services.cli import main
 from services.cli.embedded import EmbeddedService, free_port, start_redis
+from services.cli.processes import alive, descendants
 from services.media.synthetic import SyntheticClip
 from services.media.video import probe
+from services.settings import get_settings
 from tests.conftest import API_KEYS
-from tests.support.processes import alive, descendants
 
 VOR = [sys.executable, "-m", "services.cli"]
 
@@ -169,3 +171,57 @@ def test_remove_reports_a_file_that_is_not_a_video_clearly(tmp_path: Path) -> No
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("vor: the file is not a readable video"), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_parser_knows_every_command() -> None:
+    parser = main.build_parser()
+    args = parser.parse_args(["worker", "--queues", "io", "--pool", "threads"])
+    assert (args.queues, args.pool, args.concurrency) == ("io", "threads", None)
+    assert parser.parse_args(["worker"]).queues == "cpu,io"
+    assert set(main.COMMANDS) | {"svor-server"} == {
+        "serve",
+        "api",
+        "worker",
+        "remove",
+        "demo",
+        "svor-server",
+    }
+
+
+def test_worker_args_name_the_worker_by_its_queues(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOR_LOG_FORMAT", "json")
+    get_settings.cache_clear()
+    try:
+        argv = main.worker_args("cpu", "prefork", 2, "INFO")
+    finally:
+        get_settings.cache_clear()
+    assert argv[:2] == ["--quiet", "worker"] and argv[-2:] == ["--concurrency", "2"]
+    hostname = argv[argv.index("--hostname") + 1]
+    assert hostname == f"cpu-{os.getpid()}@%h"
+
+
+def test_svor_server_and_worker_run_as_their_own_modules(tmp_path: Path) -> None:
+    """``vor svor-server`` becomes ``python -m services.standin``: its flags are the stand-in's."""
+    out = subprocess.run(
+        [*VOR, "svor-server", "--help"], env=clean_env(tmp_path), capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "usage: vor svor-server" in out.stdout and "--burst-429" in out.stdout
+    port = free_port()
+    proc = subprocess.Popen(
+        [*VOR, "svor-server", "--port", str(port)], env=clean_env(tmp_path),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/_stats", timeout=1).status_code == 200
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -18,11 +18,11 @@ import httpx
 import pytest
 
 from services.cli.embedded import EmbeddedService
+from services.cli.processes import kill_tree
 from services.media.synthetic import SyntheticClip, make_clip
 from services.media.video import probe
 from tests.conftest import api_client, service_env
 from tests.helpers import accepted, wait, wait_for_stage
-from tests.support.processes import kill_tree
 from tests.support.receiver import Receiver
 
 DELAY = 1.0

@@ -7,9 +7,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
+from services.engines.base import no_progress
 from services.engines.svor.engine import SEG_PATH
+from services.media.synthetic import make_clip
+from services.media.video import read_frames
+from services.models import ClassPrompt
+from services.standin.boxes import BoxEngine
 from services.standin.server import (
     Faults,
     add_arguments,
@@ -82,3 +88,14 @@ def test_command_line_flags_become_faults() -> None:
     assert args.port == 9001 and args.api_key is None
     assert faults_from_args(args) == Faults(burst_429=3, retry_after=2.5, never_complete=True)
     assert faults_from_args(parser.parse_args([])) == Faults()
+
+
+def test_the_boxes_engine_takes_the_boxes_for_objects(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "c.mp4", frames=6)
+    prompt = ClassPrompt(label="d", boxes=[clip.box(0), (0.0, 0.0, 0.25, 0.25)])
+    found = BoxEngine().segment(clip.path, prompt, tmp_path, no_progress)
+    assert [o.id for o in found.objects] == [1, 2] and found.suggestion == "2 boxes"
+    ids = next(read_frames(found.mask_path, "gray"))
+    assert set(np.unique(ids)) == {0, 1, 2}
+    erased = BoxEngine().erase(clip.path, found.mask_path, tmp_path, no_progress, dilation=4)
+    assert erased.read_bytes() == clip.path.read_bytes()
