@@ -7,7 +7,6 @@ chain (or the chord body) does not run.
 
 from __future__ import annotations
 
-import random
 import threading
 from functools import lru_cache
 from typing import Any
@@ -19,7 +18,7 @@ from celery.signals import worker_ready, worker_shutdown
 
 from services import runtime
 from services.errors import TransientError
-from services.jobs import pipeline, sweeper
+from services.jobs import pipeline, retries, sweeper
 from services.jobs.lifecycle import Lifecycle
 from services.jobs.plan import WEBHOOK_QUEUE
 from services.models import Job, Stage
@@ -53,28 +52,33 @@ def start_sweeper(**_: Any) -> None:
     thread.start()
 
 
-def _countdown(exc: TransientError, retries: int) -> float:
-    backoff = random.uniform(0, min(60.0, 2.0 * 2**retries))
-    return max(backoff, exc.retry_after or 0.0)
-
-
 def _run(task: Task, stage: Stage, job_id: str, generation: int, label: str | None = None) -> str:
-    final = task.request.retries >= (task.max_retries or 0)
+    attempt, settings = task.request.retries, get_settings()
     try:
         outcome = pipeline.run_stage(
-            stage, job_id, resources(), label=label, generation=generation, final_attempt=final
+            stage,
+            job_id,
+            resources(),
+            label=label,
+            generation=generation,
+            final_attempt=retries.is_final_attempt(attempt, settings),
         )
     except TransientError as exc:
-        raise task.retry(exc=exc, countdown=_countdown(exc, task.request.retries)) from exc
+        raise task.retry(exc=exc, countdown=retries.transient_delay(exc, attempt)) from exc
     if outcome is pipeline.StageOutcome.busy:
-        lease_ttl = get_settings().heartbeat_s * 3
-        raise task.retry(countdown=lease_ttl, max_retries=task.request.retries + 1)
+        raise task.retry(countdown=retries.busy_delay(settings), max_retries=attempt + 1)
     if outcome is not pipeline.StageOutcome.done:
         raise Ignore()
     return job_id
 
 
-STAGE_OPTIONS: dict[str, Any] = {"bind": True, "max_retries": 5, "acks_late": True}
+STAGE_OPTIONS: dict[str, Any] = {
+    "bind": True,
+    "max_retries": get_settings().stage_max_retries,
+    "acks_late": True,
+}
+"""``VOR_STAGE_MAX_RETRIES``: Celery retries of a stage after a transient error; the
+last attempt fails the job instead (``retries.is_final_attempt``)."""
 
 
 @app.task(name=task_name(Stage.compress), **STAGE_OPTIONS)

@@ -18,6 +18,11 @@ from services.jobs.store import JobStore
 log = logging.getLogger("vor.lease")
 
 
+def ttl_s(heartbeat_s: float) -> float:
+    """How long a lease lives unrenewed: three heartbeats, so one late beat loses nothing."""
+    return heartbeat_s * 3
+
+
 class StageLease:
     def __init__(self, store: JobStore, job_id: str, key: str, *, heartbeat_s: float) -> None:
         self.store = store
@@ -25,7 +30,7 @@ class StageLease:
         self.name = f"{job_id}:{key}"
         self.token = secrets.token_hex(8)
         self.heartbeat_s = heartbeat_s
-        self.ttl_s = heartbeat_s * 3
+        self.ttl_s = ttl_s(heartbeat_s)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
