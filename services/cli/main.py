@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services import logs
 from services.cli.client import ApiError, ProgressBar, VorClient
@@ -23,7 +23,27 @@ from services.models import Queue
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vor", description="Video object removal service")
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_service_commands(commands)
+    _add_remove_command(commands)
 
+    demo = commands.add_parser("demo", help="the main job end to end on a clip vor makes")
+    demo.add_argument("--out", type=Path, default=Path("vor-demo"))
+    demo.add_argument("--engine", choices=["local", "svor"], default="local")
+
+    commands.add_parser(
+        "svor-server",
+        help="an SVOR-compatible server on the local engine (vor svor-server --help)",
+        add_help=False,
+    )
+    return parser
+
+
+if TYPE_CHECKING:
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def _add_service_commands(commands: Subcommands) -> None:
+    """serve, api, worker: vor's own processes."""
     serve = commands.add_parser("serve", help="API, workers and (if needed) Redis in one command")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -49,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--pool", choices=["prefork", "threads", "solo"], default="prefork")
     worker.add_argument("--loglevel", default="INFO")
 
+
+def _add_remove_command(commands: Subcommands) -> None:
+    """remove: the SVOR reference CLI's flags."""
     remove = commands.add_parser("remove", help="remove (or --segment) objects in a video")
     remove.add_argument("input", nargs="?", type=Path, help="the video")
     remove.add_argument("--video", type=Path, help="the video (same as the positional)")
@@ -89,17 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("-o", "--output", type=Path, help="where to write the result")
     remove.add_argument("--server", help="URL of a running vor service")
     remove.add_argument("--api-key", default=os.environ.get("VOR_API_KEY"))
-
-    demo = commands.add_parser("demo", help="the main job end to end on a clip vor makes")
-    demo.add_argument("--out", type=Path, default=Path("vor-demo"))
-    demo.add_argument("--engine", choices=["local", "svor"], default="local")
-
-    commands.add_parser(
-        "svor-server",
-        help="an SVOR-compatible server on the local engine (vor svor-server --help)",
-        add_help=False,
-    )
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
