@@ -134,6 +134,12 @@ def test_delete_removes_stored_files(acme: httpx.Client, clip: SyntheticClip) ->
     [
         ({"classes": [{"label": "a", "boxes": [[0.5, 0.5, 0.6, 0.2]]}]}, "spec.classes[0].boxes",
          "invalid_spec"),
+        ({"classes": [{"label": "car\n", "boxes": [[0.1, 0.1, 0.2, 0.2]]}]},
+         "spec.classes[0].label", "invalid_spec"),
+        ({"classes": [{"label": "car\r\n", "boxes": [[0.1, 0.1, 0.2, 0.2]]}]},
+         "spec.classes[0].label", "invalid_spec"),
+        ({"classes": [{"label": "a", "boxes": [[0.1, 0.1, 0.2, 0.2]]}],
+          "webhook_url": "https://example.com/hook\n"}, "spec.webhook_url", "invalid_spec"),
         ({"classes": [{"label": "a", "boxes": [[-0.1, 0.5, 0.2, 0.2]]}]},
          "spec.classes[0].boxes[0][0]",
          "invalid_spec"),
@@ -174,6 +180,28 @@ def test_bad_spec_is_refused_with_its_field(
     assert (error["field"], error["code"]) == (field, code), error
     after = acme.get("/v1/jobs", params={"limit": 100}).json()["jobs"]
     assert len(after) == len(before)
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["{svor}@10.0.0.1/v.mp4", "{svor}:pw@169.254.169.254/latest", "{svor}0/v.mp4",
+     "{svor}.evil.example/v.mp4", "{svor}@[::1]:1/v.mp4"],
+)  # fmt: skip
+def test_a_video_url_that_merely_starts_with_the_svor_base_url_is_checked(
+    acme: httpx.Client, svor_server: str, spelling: str
+) -> None:
+    """Only the SVOR origin itself (scheme, host and port) skips the check; these start
+    with its URL as text and go elsewhere, or nowhere."""
+    url = spelling.format(svor=svor_server)
+    response = acme.post("/v1/jobs", json={**box_spec_any(), "video_url": url})
+    assert response.status_code == 422, response.text
+    assert (error_of(response)["code"], error_of(response)["field"]) == (
+        "url_not_allowed", "video_url",
+    )  # fmt: skip
+
+
+def box_spec_any() -> dict[str, object]:
+    return {"classes": [{"label": "a", "boxes": [[0.1, 0.1, 0.2, 0.2]]}]}
 
 
 def test_spec_that_is_not_json(acme: httpx.Client, clip: SyntheticClip) -> None:

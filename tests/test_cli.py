@@ -104,6 +104,15 @@ def test_api_started_before_redis_answers_503_then_serves(tmp_path: Path) -> Non
         assert response.status_code == 503, response.text
         assert response.headers["Retry-After"]
         assert "warm-up of redis skipped" in log.read_text()
+        ready = httpx.get(f"{url}/readyz", timeout=10)
+        assert ready.status_code == 503
+        assert ready.json() == {"status": "not ready",
+                                "checks": {"redis": "unreachable", "storage": "ok"}}  # fmt: skip
+        assert str(redis_port) not in ready.text, "an unauthenticated answer names the address"
+        detail = (
+            f"redis is unreachable: ConnectionError: Error 111 connecting to 127.0.0.1:{redis_port}"
+        )
+        assert detail in log.read_text(), "the details go to the log"
 
         redis_proc = start_redis(tmp_path / "redis", redis_port)
         assert httpx.get(f"{url}/v1/jobs", timeout=10).status_code == 200
