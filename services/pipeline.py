@@ -248,7 +248,15 @@ def fail(res: Resources, job_id: str, stage: Stage | None, exc: BaseException) -
             "report the job id",
             stage=where,
         )
-    job = res.store.finish(job_id, Status.failed, error=error)
+    try:
+        job = res.store.finish(job_id, Status.failed, error=error)
+    except NotFound:
+        # Deleted while the stage ran: nothing to fail, and nothing of it may stay,
+        # including what the stage stored after the deletion.
+        log.info("job %s was deleted during %s; its files are removed", job_id, where)
+        cleanup_job_files(res.settings, job_id)
+        res.storage.delete_prefix(f"jobs/{job_id}/")
+        return None
     cleanup_job_files(res.settings, job_id)
     if job.status is not Status.failed or job.error != error:
         return None

@@ -28,6 +28,7 @@ from standardwebhooks.webhooks import Webhook
 
 from services import metrics, pipeline, sweeper
 from services.embedded import EmbeddedService
+from services.errors import NotFound
 from services.models import Job, JobSpec, Stage, Status, utcnow
 from services.settings import Settings
 from services.storage import FileStorage, UrlSigner
@@ -123,6 +124,25 @@ def test_a_failing_stage_and_a_timed_out_stage_fail_alike(
     assert pipeline.fail(res, stuck.id, Stage.erase, RuntimeError("late")) is None
     assert sweeper.sweep(res, own_redis, enqueue=lambda job: None).failed == []
     assert len(sent) == 3 and failures(own_redis)["stage_timeout@erase"] == 1
+
+
+def test_a_job_deleted_mid_stage_leaves_nothing(
+    resources: tuple[pipeline.Resources, list[str]],
+) -> None:
+    """DELETE while a stage runs: the stage's next store write finds no job; failing it
+    removes its scratch and whatever it stored after the deletion, and tells no one."""
+    res, sent = resources
+    job = Job(id=new_job_id(), tenant="t", mode="remove", engine="local", spec=SPEC)
+    res.store.create(job)
+    scratch = scratch_of(res, job.id)
+    res.store.delete(job)
+    res.storage.put_bytes(f"jobs/{job.id}/work.mp4", b"stored after the delete")
+    with pytest.raises(NotFound):
+        res.store.set_progress(job.id, 0.5)
+    assert pipeline.fail(res, job.id, Stage.compress, NotFound("gone")) is None
+    assert not scratch.exists()
+    assert not res.storage.exists(f"jobs/{job.id}/work.mp4")
+    assert sent == []
 
 
 def test_stage_max_retries_is_each_stage_tasks_max_retries(tmp_path: Path) -> None:

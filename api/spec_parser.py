@@ -1,0 +1,50 @@
+"""Parsing a client's spec without holding up the event loop.
+
+A small spec parses in well under a millisecond, so it is parsed where it is.
+The largest the API accepts (``VOR_MAX_JSON_BYTES``, 1 MiB of numbers) takes
+50-100 ms of CPU, and a thread does not help: ``json.loads`` and pydantic's
+validation hold the GIL for most of that time, so with a few such requests
+in flight every other request (``/healthz`` included) waits its turn for the
+GIL (``bench/front_door.py`` measured a p50 of 207 ms for ``/healthz`` that
+way). A large spec is parsed in a process of its own instead, one at a time,
+started at the first large spec; a ``ValidationError`` or ``InvalidSpec``
+raised there comes back pickled, as if raised here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from functools import lru_cache
+
+from services.errors import TransientError
+from services.models import JobSpec
+from services.spec_json import parse_spec
+
+INLINE_BYTES = 64 * 1024
+"""Specs up to this size are parsed on the event loop: a few milliseconds at most."""
+
+
+@lru_cache
+def _pool() -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+
+
+async def parse(raw: str | bytes, field: str) -> JobSpec:
+    if len(raw) <= INLINE_BYTES:
+        return parse_spec(raw, field)
+    try:
+        return await asyncio.get_running_loop().run_in_executor(_pool(), parse_spec, raw, field)
+    except BrokenProcessPool:
+        _pool.cache_clear()
+        raise TransientError(
+            "the spec parser stopped; send the job again", retry_after=1, field=field
+        ) from None
+
+
+def shutdown() -> None:
+    if _pool.cache_info().currsize:
+        _pool().shutdown(wait=False, cancel_futures=True)
+        _pool.cache_clear()
