@@ -317,3 +317,58 @@ def test_from_job_must_be_a_finished_segment_job(acme: httpx.Client, clip: Synth
     assert response.status_code == 422
     assert "not a segment job" in error_of(response)["message"]
     assert submit(acme, {"from_job": "job_nope"}).status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "allow"),
+    [
+        ("PUT", "/v1/jobs/job_x", 405, "GET, DELETE, OPTIONS"),
+        ("OPTIONS", "/v1/jobs/job_x", 204, "GET, DELETE, OPTIONS"),
+        ("OPTIONS", "/v1/jobs", 204, "GET, POST, OPTIONS"),
+        ("DELETE", "/v1/jobs", 405, "GET, POST, OPTIONS"),
+        ("GET", "/v1/jobs/job_x/cancel", 405, "POST, OPTIONS"),
+        ("POST", "/healthz", 405, "GET, OPTIONS"),
+    ],
+)
+def test_allow_names_every_method_of_the_path(
+    acme: httpx.Client, method: str, path: str, status: int, allow: str
+) -> None:
+    """GET and DELETE of /v1/jobs/{id} are two routes; Starlette's 405 named one."""
+    response = acme.request(method, path)
+    assert (response.status_code, response.headers.get("allow")) == (status, allow)
+    if status == 405:
+        assert error_of(response)["code"] == "method_not_allowed"
+
+
+def test_an_unknown_form_part_is_refused(acme: httpx.Client, clip: SyntheticClip) -> None:
+    response = acme.post(
+        "/v1/jobs",
+        data={"spec": json.dumps(box_spec(clip)), "priority": "high"},
+        files={"video": ("clip.mp4", clip.path.read_bytes(), "video/mp4")},
+    )
+    assert response.status_code == 422, response.text
+    assert error_of(response)["field"] == "priority"
+
+
+def test_the_openapi_document_declares_what_the_api_answers(service: EmbeddedService) -> None:
+    spec = httpx.get(f"{service.url}/openapi.json").json()
+    paths = spec["paths"]
+    submit = paths["/v1/jobs"]["post"]
+    assert submit["responses"]["202"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Job"
+    }
+    assert set(submit["responses"]) == {"202", "400", "401", "408", "413", "422", "503"}
+    error = {"$ref": "#/components/schemas/Error"}
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            for status, answer in operation["responses"].items():
+                if status.startswith(("4", "5")) and path != "/readyz":
+                    assert answer["content"]["application/json"]["schema"] == error, (path, method)
+            assert "HTTPValidationError" not in json.dumps(operation)
+            if path.startswith("/v1/jobs"):
+                assert operation["security"] == [{"bearer": []}], (path, method)
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    events = paths["/v1/jobs/{id}/events"]["get"]["responses"]["200"]["content"]
+    assert list(events) == ["text/event-stream"]
+    listed = paths["/v1/jobs"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert listed["schema"] == {"$ref": "#/components/schemas/JobList"}
