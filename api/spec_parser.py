@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import lru_cache
@@ -37,9 +39,26 @@ def _pool() -> ProcessPoolExecutor:
     return ProcessPoolExecutor(
         max_workers=1,
         mp_context=multiprocessing.get_context("spawn"),
-        initializer=os.nice,
-        initargs=(PARSER_NICENESS,),
+        initializer=_start_parser,
+        initargs=(os.getpid(),),
     )
+
+
+def _start_parser(api_pid: int) -> None:
+    """In the parser process: yield the CPU to the API, and end with it.
+
+    A pool's worker holds both ends of its task queue, so it never sees the API
+    go; an API killed outright (SIGKILL, out of memory) would leave it waiting
+    for good. A thread checks every second that the API is still its parent.
+    """
+    os.nice(PARSER_NICENESS)
+
+    def watch() -> None:
+        while os.getppid() == api_pid:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="vor-parser-watch", daemon=True).start()
 
 
 async def parse(raw: str | bytes, field: str) -> JobSpec:
@@ -55,6 +74,8 @@ async def parse(raw: str | bytes, field: str) -> JobSpec:
 
 
 def shutdown() -> None:
+    """Stop the parser process (after the parse it may be in: at most a fraction of a
+    second). Without waiting, the API could exit before the process was told to."""
     if _pool.cache_info().currsize:
-        _pool().shutdown(wait=False, cancel_futures=True)
+        _pool().shutdown(wait=True, cancel_futures=True)
         _pool.cache_clear()

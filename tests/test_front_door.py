@@ -11,6 +11,7 @@ limit (``VOR_MAX_JSON_BYTES``, 1 MiB); uploads are limited to 5 MiB.
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from services.synthetic import SyntheticClip
 from tests.conftest import API_KEYS, service_env
 from tests.helpers import accepted, error_of
 from tests.support.bodies import largest_spec
-from tests.support.processes import start_api, user_env
+from tests.support.processes import alive, descendants, start_api, user_env
 from tests.support.rawhttp import RawRequest, open_file_bytes, rss_kib
 
 pytestmark = pytest.mark.timeout(120)
@@ -46,6 +47,7 @@ class Api:
     port: int
     pid: int
     log: Path
+    env: dict[str, str]
 
     def raw(self, method: str, path: str, headers: dict[str, str], **kw: bool) -> RawRequest:
         return RawRequest("127.0.0.1", self.port, method, path, headers, **kw)
@@ -63,7 +65,7 @@ def api(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Ap
                       VOR_HEADER_TIMEOUT_S=str(TIMEOUT_S), VOR_BODY_IDLE_TIMEOUT_S=str(TIMEOUT_S),
                       VOR_LOG_FORMAT="text")  # fmt: skip
     proc = start_api(port, {**user_env(), **env}, log)
-    yield Api(f"http://127.0.0.1:{port}", port, proc.pid, log)
+    yield Api(f"http://127.0.0.1:{port}", port, proc.pid, log, env)
     proc.terminate()
     proc.wait(15)
 
@@ -288,6 +290,25 @@ def test_healthz_answers_while_the_largest_spec_is_parsed(api: Api) -> None:
     assert median < 0.05 and p90 < 0.1, (
         f"/healthz took {median * 1000:.0f} ms (p50), {p90 * 1000:.0f} ms (p90)"
     )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
+def test_the_spec_parser_process_ends_with_its_api(api: Api, tmp_path: Path, sig: int) -> None:
+    """Stopped or killed outright, an API leaves no parser process behind."""
+    port = free_port()
+    proc = start_api(port, {**user_env(), **api.env}, tmp_path / "api.log")
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=JSON) as client:
+            assert client.post("/v1/jobs", content=largest_spec(JSON_LIMIT)).status_code == 422
+        children = descendants(proc.pid)
+        assert children, "a large spec starts the parser process"
+    finally:
+        proc.send_signal(sig)
+        proc.wait(20)
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in children):
+        assert time.monotonic() < deadline, [pid for pid in children if alive(pid)]
+        time.sleep(0.2)
 
 
 def test_no_refusal_above_crashed_anything(api: Api) -> None:
