@@ -43,6 +43,12 @@ class PayloadTooLarge(VorError):
     code = "payload_too_large"
 
 
+class RequestTimedOut(VorError):
+    """The client sent its request too slowly (HTTP 408)."""
+
+    code = "request_timeout"
+
+
 class NotFound(VorError):
     code = "not_found"
 

@@ -80,7 +80,12 @@ WEBHOOK_DELIVERIES = Counter(
     "failed (no more attempts) or gone (the receiver answered 410).",
     ("event", "outcome"),
 )
-COUNTERS = (UPSTREAM_REQUESTS, UPSTREAM_RETRIES, WEBHOOK_DELIVERIES)
+JOB_FAILURES = Counter(
+    "vor_job_failures_total",
+    "Jobs that failed, by error code and the stage they failed in (none: before any stage).",
+    ("code", "stage"),
+)
+COUNTERS = (UPSTREAM_REQUESTS, UPSTREAM_RETRIES, WEBHOOK_DELIVERIES, JOB_FAILURES)
 HISTOGRAMS = (STAGE_SECONDS,)
 STORED: tuple[Counter | Histogram, ...] = (*COUNTERS, *HISTOGRAMS)
 
@@ -125,6 +130,10 @@ def observe(
 
 def stage_done(client: redis.Redis, stage: str, engine: str, seconds: float) -> None:
     observe(client, STAGE_SECONDS, seconds, stage=stage, engine=engine)
+
+
+def job_failed(client: redis.Redis, code: str, stage: str) -> None:
+    inc(client, JOB_FAILURES, code=code, stage=stage)
 
 
 def count_transition(

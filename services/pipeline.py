@@ -228,21 +228,42 @@ def _debug_delay(run: StageRun) -> None:
         run.progress(0.0)
 
 
-def fail(res: Resources, job_id: str, stage: Stage, exc: BaseException) -> None:
+def fail(res: Resources, job_id: str, stage: Stage | None, exc: BaseException) -> Job | None:
+    """End a job as failed: the one way every failure goes, whoever finds it.
+
+    A stage's error, a worker that died too often and a stage the sweeper found
+    outliving its time limit all come here: the job's state, the clean-up of its
+    scratch files, the failure metric and the ``job.failed`` webhook. Returns
+    the failed job, or None when the job had already ended (then nothing else
+    is done: the first ending stands).
+    """
+    where = stage.value if stage else None
     if isinstance(exc, VorError):
-        error = JobError(code=exc.code, message=exc.message, stage=exc.stage or stage.value)
+        error = JobError(code=exc.code, message=exc.message, stage=exc.stage or where)
     else:
         error = JobError(
             code="internal_error",
-            message=f"vor failed unexpectedly in {stage.value} ({type(exc).__name__}: {exc}); "
-            "retrying will not help until this is fixed: report the job id",
-            stage=stage.value,
+            message=f"vor failed unexpectedly in {where or 'the queue'} "
+            f"({type(exc).__name__}: {exc}); retrying will not help until this is fixed: "
+            "report the job id",
+            stage=where,
         )
-    job = res.store.finish(job_id, Status.failed, error=error)
+    try:
+        job = res.store.finish(job_id, Status.failed, error=error)
+    except NotFound:
+        # Deleted while the stage ran: nothing to fail, and nothing of it may stay,
+        # including what the stage stored after the deletion.
+        log.info("job %s was deleted during %s; its files are removed", job_id, where)
+        cleanup_job_files(res.settings, job_id)
+        res.storage.delete_prefix(f"jobs/{job_id}/")
+        return None
     cleanup_job_files(res.settings, job_id)
-    if job.status is Status.failed and job.error == error:
-        log.warning("job failed in %s: %s (%s)", error.stage, error.message, error.code)
-        res.notify(job_id, "job.failed")
+    if job.status is not Status.failed or job.error != error:
+        return None
+    log.warning("job failed in %s: %s (%s)", error.stage, error.message, error.code)
+    metrics.job_failed(res.store.redis, error.code, error.stage or "none")
+    res.notify(job_id, "job.failed")
+    return job
 
 
 def cleanup_job_files(settings: Settings, job_id: str) -> None:

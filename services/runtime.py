@@ -6,7 +6,9 @@ all see the same objects; tests reset them with ``reset()``.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
+from pathlib import Path
 
 import redis
 
@@ -18,20 +20,48 @@ class NotConfigured(RuntimeError):
     pass
 
 
+SERVED_FILE = "vor.json"
+"""What a running ``vor serve`` writes into its data directory: its API, Redis and broker URLs."""
+
+
+def served_file(data_dir: Path) -> Path:
+    return data_dir.resolve() / SERVED_FILE
+
+
+def served(settings: Settings) -> dict[str, str]:
+    """The URLs a ``vor serve`` on ``VOR_DATA_DIR`` wrote down; empty when none runs there.
+
+    This is how a process started by hand (``celery -A workers.celery_app inspect
+    ping``, Flower, one more ``vor worker``) finds the embedded Redis, whose port
+    is picked at random.
+    """
+    try:
+        data = json.loads(served_file(settings.data_dir).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
+
+
 def redis_url(settings: Settings | None = None) -> str:
+    """The job store: ``VOR_REDIS_URL``, else the Redis of a ``vor serve`` on the data dir."""
     settings = settings or get_settings()
-    if not settings.redis_url:
+    url = settings.redis_url or served(settings).get("redis_url")
+    if not url:
         raise NotConfigured(
-            "VOR_REDIS_URL is not set: run `vor serve` (it starts an embedded Redis) or point "
-            "VOR_REDIS_URL at a Redis server"
+            "VOR_REDIS_URL is not set and no `vor serve` runs on VOR_DATA_DIR "
+            f"({served_file(settings.data_dir)} is missing): run `vor serve` (it starts an "
+            "embedded Redis), set VOR_DATA_DIR to its data directory, or point VOR_REDIS_URL "
+            "at a Redis server"
         )
-    return settings.redis_url
+    return url
 
 
 def broker_url(settings: Settings | None = None) -> str:
-    """The Celery broker: ``VOR_BROKER_URL``, or the job store's Redis."""
+    """The Celery broker: ``VOR_BROKER_URL``, the job store's Redis, or a ``vor serve``'s broker."""
     settings = settings or get_settings()
-    return settings.broker_url or redis_url(settings)
+    if settings.broker_url or settings.redis_url:
+        return settings.broker_url or str(settings.redis_url)
+    return served(settings).get("broker_url") or redis_url(settings)
 
 
 @lru_cache

@@ -51,7 +51,14 @@ class Settings(BaseSettings):
     signing_key: str | None = None
     log_format: Literal["json", "text"] = "json"
 
-    max_upload_bytes: int = 500 * 1024 * 1024
+    max_upload_bytes: int = Field(default=500 * 1024 * 1024, ge=1)
+    """The files of one multipart submission (video and mask together)."""
+    max_json_bytes: int = Field(default=1024 * 1024, ge=1024)
+    """A JSON body, and the spec part of a multipart submission."""
+    header_timeout_s: float = Field(default=15.0, gt=0)
+    """A request's line and headers must arrive within this long."""
+    body_idle_timeout_s: float = Field(default=30.0, gt=0)
+    """A request body must bring 64 KiB (or its end) within every this long."""
     max_duration_s: float = 120.0
     max_width: int = 3840
     max_height: int = 2160
@@ -64,7 +71,7 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = 6
     webhook_backoff_base_s: float = 5.0
     webhook_timeout_s: float = 15.0
-    stage_max_retries: int = 5
+    stage_max_retries: int = Field(default=5, ge=0)
     stage_max_runs: int = 3
     heartbeat_s: float = 5.0
     soft_shutdown_s: float = 30.0

@@ -3,7 +3,9 @@
 Every few seconds one process (whoever holds the sweep lock) looks at the jobs
 whose heartbeat is older than ``VOR_STALL_TIMEOUT_S``:
 
-- a job whose stage outlived ``VOR_STAGE_TIME_LIMIT_S`` is failed (``stage_timeout``);
+- a job whose stage outlived ``VOR_STAGE_TIME_LIMIT_S`` is failed (``stage_timeout``)
+  through ``pipeline.fail``, as a stage's own failure is: state, ``job.failed``
+  webhook, clean-up and metrics;
 - a job with no live stage lease, no message waiting in a queue and no message
   a worker took within that time lost its worker (killed) or its messages (the
   broker lost its data): its generation is bumped and the stages it has not done
@@ -24,10 +26,9 @@ from typing import cast
 
 import redis
 
+from services import pipeline
 from services.errors import StageTimedOut
-from services.models import Job, JobError, Status, utcnow
-from services.settings import Settings
-from services.store import JobStore
+from services.models import Job, utcnow
 
 log = logging.getLogger("vor.sweeper")
 
@@ -70,13 +71,13 @@ def jobs_with_messages(
 
 
 def sweep(
-    store: JobStore,
+    res: pipeline.Resources,
     broker: redis.Redis,
-    settings: Settings,
     enqueue: Callable[[Job], None],
     *,
     queues: Iterable[str] = ("cpu", "io"),
 ) -> SweepReport:
+    store, settings = res.store, res.settings
     report = SweepReport([], [], [])
     now = time.time()
     stale = store.active_ids(older_than_s=settings.stall_timeout_s)
@@ -92,14 +93,14 @@ def sweep(
             continue
         started = job.stage_started_at.timestamp() if job.stage_started_at else None
         if started and now - started > settings.stage_time_limit_s + settings.stall_timeout_s:
-            error = JobError(
-                code=StageTimedOut.code,
-                message=f"the {job.stage} stage did not finish within "
-                f"{settings.stage_time_limit_s:g} s; try a shorter video",
+            stage = job.stage.value if job.stage else "queued"
+            timed_out = StageTimedOut(
+                f"the {stage} stage did not finish within {settings.stage_time_limit_s:g} s; "
+                "try a shorter video",
                 stage=job.stage.value if job.stage else None,
             )
-            store.finish(job_id, Status.failed, error=error, stage=job.stage)
-            report.failed.append(job_id)
+            if pipeline.fail(res, job_id, job.stage, timed_out) is not None:
+                report.failed.append(job_id)
             continue
         if store.has_live_lease(job_id) or job_id in with_messages:
             store.touch(job_id)
@@ -115,17 +116,17 @@ def sweep(
 
 
 def sweep_forever(
-    store: JobStore,
+    res: pipeline.Resources,
     broker: redis.Redis,
-    settings: Settings,
     enqueue: Callable[[Job], None],
     stop: Callable[[], bool],
 ) -> None:
     """Sweep every ``sweep_interval_s`` while holding the sweep lock; never raise."""
+    settings = res.settings
     while not stop():
         try:
-            if store.acquire_lease("sweeper", "sweeper", settings.sweep_interval_s * 0.9):
-                report = sweep(store, broker, settings, enqueue)
+            if res.store.acquire_lease("sweeper", "sweeper", settings.sweep_interval_s * 0.9):
+                report = sweep(res, broker, enqueue)
                 if report.requeued or report.failed:
                     log.warning("sweep at %s: requeued %s, failed %s", utcnow().isoformat(),
                                 report.requeued, report.failed)  # fmt: skip

@@ -20,6 +20,7 @@ from services import logs, metrics, notifications, pipeline, sweeper, webhooks
 from services.errors import TransientError
 from services.models import Stage
 from services.runtime import get_broker_redis, get_storage, get_store, resolved_settings
+from services.settings import get_settings
 from workers.celery_app import IO_QUEUE, app
 
 
@@ -32,7 +33,7 @@ def start_sweeper(**_: Any) -> None:
     worker_shutdown.connect(lambda **_: stopping.set(), weak=False)
     thread = threading.Thread(
         target=sweeper.sweep_forever,
-        args=(get_store(), get_broker_redis(), resolved_settings(), enqueue, stopping.is_set),
+        args=(resources(), get_broker_redis(), enqueue, stopping.is_set),
         name="vor-sweeper",
         daemon=True,
     )
@@ -42,7 +43,7 @@ def start_sweeper(**_: Any) -> None:
 def enqueue_webhook(job_id: str, event: str) -> None:
     job = get_store().get(job_id)
     if job is not None and notifications.wants(job, event):
-        send_webhook.apply_async((job_id, event), queue=IO_QUEUE)
+        send_webhook.apply_async((job_id, event, notifications.new_message(event)), queue=IO_QUEUE)
 
 
 @lru_cache
@@ -77,7 +78,13 @@ def _run(task: Task, stage: Stage, job_id: str, generation: int, label: str | No
     return job_id
 
 
-STAGE_OPTIONS: dict[str, Any] = {"bind": True, "max_retries": 5, "acks_late": True}
+STAGE_OPTIONS: dict[str, Any] = {
+    "bind": True,
+    "max_retries": get_settings().stage_max_retries,
+    "acks_late": True,
+}
+"""``VOR_STAGE_MAX_RETRIES``: Celery retries of a stage after a transient error; the
+last attempt fails the job instead (``pipeline.run_stage``'s ``final_attempt``)."""
 
 
 @app.task(name="vor.compress", **STAGE_OPTIONS)
@@ -119,7 +126,8 @@ def _webhook_client() -> Any:
 
 
 @app.task(name="vor.webhook", bind=True, max_retries=None, acks_late=True, queue=IO_QUEUE)
-def send_webhook(self: Task, job_id: str, event: str) -> None:
+def send_webhook(self: Task, job_id: str, event: str, seq: str | None = None) -> None:
+    """One delivery attempt; a Celery retry resends the same message (same ``seq``)."""
     settings = resolved_settings()
     res = resources()
     job = res.store.get(job_id)
@@ -135,6 +143,7 @@ def send_webhook(self: Task, job_id: str, event: str) -> None:
         client=_webhook_client(),
         result=pipeline.result_urls(job, res.storage, settings.url_expiry_s),
         last_attempt=self.request.retries + 1 >= settings.webhook_max_attempts,
+        seq=seq,
     )
     retry = outcome is not None and outcome.retryable and event in notifications.TERMINAL_EVENTS
     again = retry and self.request.retries + 1 < settings.webhook_max_attempts

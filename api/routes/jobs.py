@@ -13,14 +13,17 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
+from api import spec_parser
 from api.deps import CurrentJob, JobStoreDep, SettingsDep, StorageDep, TenantDep
+from api.schemas import JOB_ERRORS, Job, JobList, Redelivery, errors
 from services import logs
 from services.errors import Conflict, InvalidInput, InvalidSpec, PayloadTooLarge
-from services.models import Job, JobSpec, Status
+from services.models import Job as StoredJob
+from services.models import JobSpec, Status
 from services.pipeline import cleanup_job_files, input_url, result_urls
 from services.settings import Settings
 from services.store import JobStore
-from services.submission import Submission, parse_client_json, submit
+from services.submission import Submission, submit
 from workers.canvas import enqueue
 from workers.celery_app import IO_QUEUE
 from workers.tasks import enqueue_webhook, send_webhook
@@ -35,10 +38,11 @@ SUBMIT_BODY: dict[str, Any] = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
+                    "additionalProperties": False,
                     "required": ["video", "spec"],
                     "properties": {
                         "video": {"type": "string", "format": "binary"},
-                        "spec": {"type": "string", "description": "the job spec as JSON"},
+                        "spec": {"$ref": "#/components/schemas/JobSpec"},
                         "mask": {
                             "type": "string",
                             "format": "binary",
@@ -61,16 +65,27 @@ SUBMIT_BODY: dict[str, Any] = {
 }
 
 
-def render(job: Job, storage: Any, settings: Settings) -> dict[str, Any]:
-    public = job.public(result_urls(job, storage, settings.url_expiry_s))
-    public["input_url"] = input_url(job, storage, settings.url_expiry_s)
-    return public
+FORM_PARTS = {"video", "spec", "mask"}
+SUBMITTED_HEADERS = {
+    "Location": {"description": "the job's URL", "schema": {"type": "string"}},
+    "Idempotent-Replayed": {
+        "description": "`true` when the Idempotency-Key named an earlier job, which is returned",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+}
 
 
-def _parse_spec(raw: str | None) -> JobSpec:
+def render(job: StoredJob, storage: Any, settings: Settings) -> dict[str, Any]:
+    return job.public(
+        result_urls(job, storage, settings.url_expiry_s),
+        input_url(job, storage, settings.url_expiry_s),
+    )
+
+
+async def _form_spec(raw: str | None) -> JobSpec:
     if raw is None:
         raise InvalidSpec("the multipart form needs a 'spec' field with the job spec", field="spec")
-    return JobSpec.model_validate(parse_client_json(raw, "spec"))
+    return await spec_parser.parse(raw, "spec")
 
 
 def _save_upload(upload: UploadFile, folder: Path, name: str, limit: int) -> Path:
@@ -87,7 +102,13 @@ def _save_upload(upload: UploadFile, folder: Path, name: str, limit: int) -> Pat
     return path
 
 
-@router.post("", status_code=202, openapi_extra=SUBMIT_BODY, response_model=None)
+@router.post(
+    "",
+    status_code=202,
+    openapi_extra=SUBMIT_BODY,
+    response_model=Job,
+    responses={202: {"headers": SUBMITTED_HEADERS}, **errors(400, 401, 408, 413, 422, 503)},
+)
 async def create_job(
     request: Request,
     tenant: TenantDep,
@@ -97,11 +118,17 @@ async def create_job(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JSONResponse:
     """Submit a job: multipart (video, spec, optional mask) or JSON with video_url."""
-    content_type = request.headers.get("content-type", "")
+    content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=2, max_fields=8)
+        form = await request.form(max_files=2, max_fields=8, max_part_size=settings.max_json_bytes)
+        unknown = sorted(set(form) - FORM_PARTS)
+        if unknown:
+            raise InvalidInput(
+                f"unknown form field {unknown[0]!r}: send video, spec and (optionally) mask",
+                field=unknown[0],
+            )
         spec_field = form.get("spec")
-        spec = _parse_spec(spec_field if isinstance(spec_field, str) else None)
+        spec = await _form_spec(spec_field if isinstance(spec_field, str) else None)
         uploads: dict[str, UploadFile] = {}
         for name in ("video", "mask"):
             part = form.get(name)
@@ -120,8 +147,7 @@ async def create_job(
             _submit_uploads, submission, uploads, store, storage, settings
         )
     elif content_type.startswith("application/json"):
-        body = parse_client_json(await request.body(), "body")
-        spec = JobSpec.model_validate(body)
+        spec = await spec_parser.parse(await request.body(), "body")
         submission = Submission(tenant=tenant, spec=spec, idempotency_key=idempotency_key)
         job, created = await run_in_threadpool(
             submit, submission, store=store, storage=storage, settings=settings, enqueue=enqueue
@@ -145,7 +171,7 @@ def _submit_uploads(
     store: JobStore,
     storage: Any,
     settings: Settings,
-) -> tuple[Job, bool]:
+) -> tuple[StoredJob, bool]:
     """Save the uploaded parts to a private folder, submit, and remove the folder.
 
     Runs in a worker thread: every file operation of a submission stays off the
@@ -176,13 +202,13 @@ def _upload_dir(settings: Settings) -> Path:
     return path
 
 
-@router.get("/{id}")
+@router.get("/{id}", response_model=Job, responses=JOB_ERRORS)
 def get_job(job: CurrentJob, storage: StorageDep, settings: SettingsDep) -> dict[str, Any]:
     """One job: status, stage, progress, result URLs or error."""
     return render(job, storage, settings)
 
 
-@router.get("")
+@router.get("", response_model=JobList, responses=errors(401, 422, 503))
 def list_jobs(
     tenant: TenantDep,
     store: JobStoreDep,
@@ -197,7 +223,7 @@ def list_jobs(
     return {"jobs": [render(j, storage, settings) for j in jobs], "next_cursor": next_cursor}
 
 
-@router.post("/{id}/cancel")
+@router.post("/{id}/cancel", response_model=Job, responses={**JOB_ERRORS, **errors(409)})
 def cancel_job(
     job: CurrentJob, store: JobStoreDep, storage: StorageDep, settings: SettingsDep
 ) -> dict[str, Any]:
@@ -212,7 +238,7 @@ def cancel_job(
     return render(job, storage, settings)
 
 
-@router.delete("/{id}", status_code=204)
+@router.delete("/{id}", status_code=204, response_class=Response, responses=JOB_ERRORS)
 def delete_job(job: CurrentJob, store: JobStoreDep, storage: StorageDep) -> Response:
     """Delete a job and every file it stored (a running job is canceled first)."""
     if not job.status.is_terminal():
@@ -223,7 +249,12 @@ def delete_job(job: CurrentJob, store: JobStoreDep, storage: StorageDep) -> Resp
     return Response(status_code=204)
 
 
-@router.post("/{id}/webhooks/redeliver", status_code=202)
+@router.post(
+    "/{id}/webhooks/redeliver",
+    status_code=202,
+    response_model=Redelivery,
+    responses={**JOB_ERRORS, **errors(409)},
+)
 def redeliver_webhook(job: CurrentJob) -> dict[str, Any]:
     """Send the job's terminal webhook again (after the receiver was down)."""
     if not job.status.is_terminal():
