@@ -5,8 +5,9 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, Header, Path, Request
+from fastapi import Depends, Path, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services import logs
 from services.errors import Unauthorized
@@ -55,19 +56,27 @@ async def _jobs(
 JobsDep = Annotated[Lifecycle, Depends(_jobs)]
 
 
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="An API key from VOR_API_KEYS: `Authorization: Bearer <key>`.",
+)
+"""Declares the scheme in /openapi.json; vor checks the key itself, with its own errors."""
+
+
 async def _tenant(
     settings: SettingsDep,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None,
 ) -> str:
     keys = settings.tenants_by_key()
     if not keys:
         logs.bind(tenant=DEFAULT_TENANT)
         return DEFAULT_TENANT
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    token = credentials.credentials.strip() if credentials else ""
+    if not token:
         raise Unauthorized("send 'Authorization: Bearer <api key>'", field="Authorization")
     for key, tenant in keys.items():
-        if hmac.compare_digest(key.encode(), token.strip().encode()):
+        if hmac.compare_digest(key.encode(), token.encode("utf-8", "replace")):
             logs.bind(tenant=tenant)
             return tenant
     raise Unauthorized("the API key is not valid", field="Authorization")

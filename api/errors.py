@@ -6,21 +6,26 @@ Every error body is ``{"error": {"code", "message", "field"}}``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Match, Route
 
 from services import errors
-from services.runtime import NotConfigured
+from services.errors import NotConfigured
 
 log = logging.getLogger("vor.api")
 
 STATUS_BY_ERROR: list[tuple[type[errors.VorError], int]] = [
     (errors.PayloadTooLarge, 413),
+    (errors.RequestTimedOut, 408),
     (errors.NotFound, 404),
     (errors.Conflict, 409),
     (errors.Unauthorized, 401),
@@ -59,11 +64,32 @@ def validation_response(exc: ValidationError | RequestValidationError, prefix: s
     )
 
 
+METHOD_ORDER = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def record_routes(app: FastAPI, routes: Iterable[BaseRoute]) -> None:
+    """Keep the app's routes for ``Allow``: Starlette's 405 names the methods of the first
+    route whose path matched, though ``GET`` and ``DELETE`` of one path are two routes."""
+    app.state.routes_for_allow = [r for r in routes if isinstance(r, Route | APIRoute)]
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this request's path."""
+    methods = {"OPTIONS"}
+    for route in request.app.state.routes_for_allow:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match is not Match.NONE:
+            methods.update(route.methods or ())
+    return sorted(methods, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(errors.VorError)
     async def vor_error(_: Request, exc: errors.VorError) -> JSONResponse:
         status = status_for(exc)
         headers = {"Retry-After": "5"} if status == 503 else None
+        if status == 401 and exc.field == "Authorization":
+            headers = {"WWW-Authenticate": 'Bearer realm="vor"'}
         return JSONResponse(
             status_code=status,
             content=error_body(exc.code, exc.message, exc.field),
@@ -79,14 +105,19 @@ def install(app: FastAPI) -> None:
         return validation_response(exc, "spec")
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request))
+            if request.method == "OPTIONS":
+                return Response(status_code=204, headers=headers)
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(
             exc.status_code, "http_error"
         )
         return JSONResponse(
             status_code=exc.status_code,
             content=error_body(code, str(exc.detail)),
-            headers=getattr(exc, "headers", None),
+            headers=headers or None,
         )
 
     async def unavailable(_: Request, exc: Exception) -> JSONResponse:

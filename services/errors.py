@@ -43,6 +43,12 @@ class PayloadTooLarge(VorError):
     code = "payload_too_large"
 
 
+class RequestTimedOut(VorError):
+    """The client sent its request too slowly (HTTP 408)."""
+
+    code = "request_timeout"
+
+
 class NotFound(VorError):
     code = "not_found"
 
@@ -131,3 +137,8 @@ class TransientError(VorError):
 
 class StorageUnavailable(TransientError):
     code = "storage_unavailable"
+
+
+class NotConfigured(RuntimeError):
+    """The process lacks a setting it cannot run without (no Redis URL, a bad
+    ``VOR_DISPATCHER``); the message says what to set."""

@@ -19,7 +19,9 @@ from pydantic import (
 from services.errors import InvalidSpec
 
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
-LABEL_PATTERN = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+LABEL_PATTERN = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+"""A class label, matched whole (``fullmatch``: ``$`` would let a final newline through)."""
+URL_PATTERN = re.compile(r"https?://[^\s/]+(/\S*)?")
 WEBHOOK_EVENTS = ("job.succeeded", "job.failed", "job.canceled", "job.progress")
 
 
@@ -59,7 +61,10 @@ class ClassPrompt(BaseModel):
     text: str | None = Field(default=None, examples=["person"])
     remove_prompt: str | None = None
     boxes: list[tuple[Unit, Unit, Unit, Unit]] = Field(
-        default_factory=list, description="[x, y, w, h], top-left corner, normalised 0..1"
+        default_factory=list,
+        max_length=255,
+        description="[x, y, w, h], top-left corner, normalised 0..1; each box is one object "
+        "(ids 1..255)",
     )
     points: list[tuple[Unit, Unit]] = Field(default_factory=list, description="[x, y], 0..1")
     point_labels: list[Literal[0, 1]] = Field(
@@ -70,7 +75,7 @@ class ClassPrompt(BaseModel):
     @field_validator("label")
     @classmethod
     def _label_is_a_name(cls, value: str) -> str:
-        if not LABEL_PATTERN.match(value):
+        if not LABEL_PATTERN.fullmatch(value):
             raise ValueError("label must be 1-64 letters, digits, '_' or '-'")
         return value
 
@@ -164,8 +169,8 @@ class JobSpec(BaseModel):
     @field_validator("webhook_url", "video_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^https?://[^\s/]+", value):
-            raise ValueError("must be an http:// or https:// URL")
+        if value is not None and not URL_PATTERN.fullmatch(value):
+            raise ValueError("must be an http:// or https:// URL, without spaces or line breaks")
         return value
 
     @field_validator("targets")
@@ -289,24 +294,66 @@ class Job(BaseModel):
     )
     idempotency_key: str | None = None
 
-    def public(self, result: dict[str, str] | None = None) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "mode": self.mode,
-            "engine": self.engine,
-            "status": self.status.value,
-            "stage": self.stage.value if self.stage else None,
-            "progress": round(self.progress, 4),
-            "created_at": self.created_at.isoformat(),
-            "started_at": self.started_at.isoformat() if self.started_at else None,
-            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
-            "input": self.input.model_dump() if self.input else None,
-            "spec": self.spec.model_dump(mode="json"),
-            "segments": {k: v.model_dump() for k, v in self.segments.items()},
-            "result": result or {},
-            "error": self.error.model_dump() if self.error else None,
-            "timings": {k: round(v, 3) for k, v in self.timings.items()},
-            "runs": dict(self.runs),
-            "webhooks": [w.model_dump(mode="json") for w in self.webhooks],
-            "webhook_state": dict(self.webhook_state),
-        }
+    def public(
+        self, result: dict[str, str] | None = None, input_url: str | None = None
+    ) -> dict[str, Any]:
+        return self.view(result, input_url).model_dump(mode="json")
+
+    def view(self, result: dict[str, str] | None = None, input_url: str | None = None) -> JobView:
+        return JobView(
+            id=self.id,
+            mode=self.mode,
+            engine=self.engine,
+            status=self.status,
+            stage=self.stage,
+            progress=round(self.progress, 4),
+            created_at=self.created_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            input=self.input,
+            spec=self.spec,
+            segments=self.segments,
+            result=result or {},
+            input_url=input_url,
+            error=self.error,
+            timings={k: round(v, 3) for k, v in self.timings.items()},
+            runs=self.runs,
+            webhooks=self.webhooks,
+            webhook_state=self.webhook_state,
+        )
+
+
+class JobView(BaseModel):
+    """A job as a client sees it (the API's answers and the webhooks' ``data``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(examples=["job_3f2a9c0d1e4b5a6f7c8d"])
+    mode: Literal["remove", "segment"]
+    engine: Literal["local", "svor"]
+    status: Status
+    stage: Stage | None = Field(description="the stage running or last run")
+    progress: float = Field(ge=0.0, le=1.0)
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    input: InputInfo | None = Field(description="the probed video; null until it is known")
+    spec: JobSpec = Field(description="the spec as accepted")
+    segments: dict[str, SegmentInfo] = Field(
+        description="per class: the objects segmentation found"
+    )
+    result: dict[str, str] = Field(
+        description="signed URLs of the results once succeeded: video_url, mask_url, "
+        "preview_url (segment jobs: mask_url, preview_url, overlay_url per class, ...)"
+    )
+    input_url: str | None = Field(
+        default=None,
+        description="signed URL of the video as sent (null for a video_url not fetched yet)",
+    )
+    error: JobError | None = Field(description="why the job failed")
+    timings: dict[str, float] = Field(description="seconds spent in each stage")
+    runs: dict[str, int] = Field(description="how often each stage (and class) was started")
+    webhooks: list[WebhookAttempt] = Field(description="every webhook delivery attempt")
+    webhook_state: dict[str, str] = Field(
+        description="per terminal event: delivered, retrying, failed or gone"
+    )

@@ -123,20 +123,42 @@ def _check_host_name(host: str, *, field: str | None) -> str:
     return name
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(url: str) -> tuple[str, str, int] | None:
+    """An http(s) URL's scheme, host and port (the default port filled in); None otherwise.
+
+    Parsed, never compared as text: ``https://trusted.example@127.0.0.1/`` goes to
+    127.0.0.1 and ``https://trusted.example.evil.example/`` to another host, though
+    both start with ``https://trusted.example``.
+    """
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return None
+    if parsed.scheme not in DEFAULT_PORTS or not parsed.host:
+        return None
+    port = parsed.port or DEFAULT_PORTS[parsed.scheme]
+    return (parsed.scheme, parsed.host, port) if 0 < port < 65536 else None
+
+
 def check_url(
     url: str,
     allowed: Sequence[Network],
     *,
-    trusted_prefixes: Sequence[str] = (),
+    trusted_origins: Sequence[str] = (),
     field: str | None = None,
     resolver: Resolver = resolve,
 ) -> None:
     """Raise ``UrlNotAllowed`` unless ``url`` is http(s) and its host may be reached.
 
-    URLs under a trusted prefix (the configured SVOR upstream) skip the check.
-    A host that does not resolve is refused: a URL nobody can fetch is no use.
+    A URL at a trusted origin (the configured SVOR upstream: same scheme, host
+    and port exactly) skips the check. A host that does not resolve is refused:
+    a URL nobody can fetch is no use.
     """
-    if any(url.startswith(prefix) for prefix in trusted_prefixes if prefix):
+    trusted = {origin(t) for t in trusted_origins if t} - {None}
+    if origin(url) in trusted:
         return
     try:
         parsed = httpx.URL(url)
@@ -145,7 +167,9 @@ def check_url(
     if parsed.scheme not in {"http", "https"}:
         raise UrlNotAllowed("only http:// and https:// URLs are allowed", field=field)
     host = _check_host_name(parsed.raw_host.decode("ascii"), field=field)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    port = parsed.port or DEFAULT_PORTS[parsed.scheme]
+    if not 0 < port < 65536:
+        raise UrlNotAllowed(f"port {port} is not a TCP port (1-65535)", field=field)
     try:
         addresses = resolver(host, port)
     except (OSError, UnicodeError) as exc:

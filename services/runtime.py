@@ -21,32 +21,35 @@ from pathlib import Path
 
 import redis
 
+from services.errors import NotConfigured
 from services.jobs.lifecycle import Dispatcher, Lifecycle
 from services.jobs.store import JobStore
-from services.settings import Settings, get_settings
+from services.settings import Settings, get_settings, served, served_file
 from services.storage import Storage, storage_from_settings
 
 log = logging.getLogger("vor.runtime")
 
 
-class NotConfigured(RuntimeError):
-    pass
-
-
 def redis_url(settings: Settings | None = None) -> str:
+    """The job store: ``VOR_REDIS_URL``, else the Redis of a ``vor serve`` on the data dir."""
     settings = settings or get_settings()
-    if not settings.redis_url:
+    url = settings.redis_url or served(settings).get("redis_url")
+    if not url:
         raise NotConfigured(
-            "VOR_REDIS_URL is not set: run `vor serve` (it starts an embedded Redis) or point "
-            "VOR_REDIS_URL at a Redis server"
+            "VOR_REDIS_URL is not set and no `vor serve` runs on VOR_DATA_DIR "
+            f"({served_file(settings.data_dir)} is missing): run `vor serve` (it starts an "
+            "embedded Redis), set VOR_DATA_DIR to its data directory, or point VOR_REDIS_URL "
+            "at a Redis server"
         )
-    return settings.redis_url
+    return url
 
 
 def broker_url(settings: Settings | None = None) -> str:
-    """The Celery broker: ``VOR_BROKER_URL``, or the job store's Redis."""
+    """The Celery broker: ``VOR_BROKER_URL``, the job store's Redis, or a ``vor serve``'s broker."""
     settings = settings or get_settings()
-    return settings.broker_url or redis_url(settings)
+    if settings.broker_url or settings.redis_url:
+        return settings.broker_url or str(settings.redis_url)
+    return served(settings).get("broker_url") or redis_url(settings)
 
 
 @lru_cache

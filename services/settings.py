@@ -6,6 +6,7 @@ Nothing else in the project reads ``os.environ``: ask ``get_settings()``.
 from __future__ import annotations
 
 import ipaddress
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -54,7 +55,14 @@ class Settings(BaseSettings):
     signing_key: str | None = None
     log_format: Literal["json", "text"] = "json"
 
-    max_upload_bytes: int = 500 * 1024 * 1024
+    max_upload_bytes: int = Field(default=500 * 1024 * 1024, ge=1)
+    """The files of one multipart submission (video and mask together)."""
+    max_json_bytes: int = Field(default=1024 * 1024, ge=1024)
+    """A JSON body, and the spec part of a multipart submission."""
+    header_timeout_s: float = Field(default=15.0, gt=0)
+    """A request's line and headers must arrive within this long."""
+    body_idle_timeout_s: float = Field(default=30.0, gt=0)
+    """A request body must bring 64 KiB (or its end) within every this long."""
     max_duration_s: float = 120.0
     max_width: int = 3840
     max_height: int = 2160
@@ -67,7 +75,7 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = 6
     webhook_backoff_base_s: float = 5.0
     webhook_timeout_s: float = 15.0
-    stage_max_retries: int = 5
+    stage_max_retries: int = Field(default=5, ge=0)
     stage_max_runs: int = 3
     heartbeat_s: float = 5.0
     soft_shutdown_s: float = 30.0
@@ -141,3 +149,25 @@ def seconds_by_stage(text: str | None) -> dict[str, float]:
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+SERVED_FILE = "vor.json"
+"""What a running ``vor serve`` writes into its data directory: its API, Redis and broker URLs."""
+
+
+def served_file(data_dir: Path) -> Path:
+    return data_dir.resolve() / SERVED_FILE
+
+
+def served(settings: Settings) -> dict[str, str]:
+    """The URLs a ``vor serve`` on ``VOR_DATA_DIR`` wrote down; empty when none runs there.
+
+    This is how a process started by hand (``celery -A workers.celery_app inspect
+    ping``, Flower, one more ``vor worker``) finds the embedded Redis, whose port
+    is picked at random.
+    """
+    try:
+        data = json.loads(served_file(settings.data_dir).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}

@@ -41,8 +41,11 @@ from services.settings import Settings
 MAX_PRESIGN_S = 7 * 24 * 3600
 """SigV4 presigned URLs live at most 7 days."""
 
+MAX_EXPIRES = 253_402_300_799
+"""The last second of 9999: a link's expiry beyond it is not a time (nor one vor signs)."""
+
 _SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9._\-]*"
-_KEY = re.compile(rf"^{_SEGMENT}(/{_SEGMENT})*$")
+_KEY = re.compile(rf"{_SEGMENT}(/{_SEGMENT})*")
 _MAX_KEY = 512
 _SIGNING_LABEL = b"vor/file-url-signing/v1"
 
@@ -71,7 +74,7 @@ class Storage(Protocol):
 
 def validate_key(key: str) -> str:
     """``key`` if it is a safe relative path (no ``..``, no leading ``/`` or ``.``)."""
-    if len(key) > _MAX_KEY or not _KEY.match(key):
+    if len(key) > _MAX_KEY or not _KEY.fullmatch(key):
         raise InvalidInput(
             f"storage key {key[:80]!r} is not valid: use '/'-separated names of letters, "
             "digits, '.', '_' and '-', none starting with '.'"
@@ -210,6 +213,8 @@ class FileStorage:
 
     def resolve(self, key: str, expires: int, sig: str) -> Path:
         """The file a signed URL names, once its signature and expiry check out."""
+        if not 0 <= expires <= MAX_EXPIRES:
+            raise Unauthorized("this file link's expiry is not a time vor signs")
         if not self.signer.matches(key, expires, sig):
             raise Unauthorized("this file link's signature is not valid for this file")
         if expires < self._clock():

@@ -134,6 +134,12 @@ def test_delete_removes_stored_files(acme: httpx.Client, clip: SyntheticClip) ->
     [
         ({"classes": [{"label": "a", "boxes": [[0.5, 0.5, 0.6, 0.2]]}]}, "spec.classes[0].boxes",
          "invalid_spec"),
+        ({"classes": [{"label": "car\n", "boxes": [[0.1, 0.1, 0.2, 0.2]]}]},
+         "spec.classes[0].label", "invalid_spec"),
+        ({"classes": [{"label": "car\r\n", "boxes": [[0.1, 0.1, 0.2, 0.2]]}]},
+         "spec.classes[0].label", "invalid_spec"),
+        ({"classes": [{"label": "a", "boxes": [[0.1, 0.1, 0.2, 0.2]]}],
+          "webhook_url": "https://example.com/hook\n"}, "spec.webhook_url", "invalid_spec"),
         ({"classes": [{"label": "a", "boxes": [[-0.1, 0.5, 0.2, 0.2]]}]},
          "spec.classes[0].boxes[0][0]",
          "invalid_spec"),
@@ -174,6 +180,28 @@ def test_bad_spec_is_refused_with_its_field(
     assert (error["field"], error["code"]) == (field, code), error
     after = acme.get("/v1/jobs", params={"limit": 100}).json()["jobs"]
     assert len(after) == len(before)
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["{svor}@10.0.0.1/v.mp4", "{svor}:pw@169.254.169.254/latest", "{svor}0/v.mp4",
+     "{svor}.evil.example/v.mp4", "{svor}@[::1]:1/v.mp4"],
+)  # fmt: skip
+def test_a_video_url_that_merely_starts_with_the_svor_base_url_is_checked(
+    acme: httpx.Client, svor_server: str, spelling: str
+) -> None:
+    """Only the SVOR origin itself (scheme, host and port) skips the check; these start
+    with its URL as text and go elsewhere, or nowhere."""
+    url = spelling.format(svor=svor_server)
+    response = acme.post("/v1/jobs", json={**box_spec_any(), "video_url": url})
+    assert response.status_code == 422, response.text
+    assert (error_of(response)["code"], error_of(response)["field"]) == (
+        "url_not_allowed", "video_url",
+    )  # fmt: skip
+
+
+def box_spec_any() -> dict[str, object]:
+    return {"classes": [{"label": "a", "boxes": [[0.1, 0.1, 0.2, 0.2]]}]}
 
 
 def test_spec_that_is_not_json(acme: httpx.Client, clip: SyntheticClip) -> None:
@@ -289,3 +317,58 @@ def test_from_job_must_be_a_finished_segment_job(acme: httpx.Client, clip: Synth
     assert response.status_code == 422
     assert "not a segment job" in error_of(response)["message"]
     assert submit(acme, {"from_job": "job_nope"}).status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "allow"),
+    [
+        ("PUT", "/v1/jobs/job_x", 405, "GET, DELETE, OPTIONS"),
+        ("OPTIONS", "/v1/jobs/job_x", 204, "GET, DELETE, OPTIONS"),
+        ("OPTIONS", "/v1/jobs", 204, "GET, POST, OPTIONS"),
+        ("DELETE", "/v1/jobs", 405, "GET, POST, OPTIONS"),
+        ("GET", "/v1/jobs/job_x/cancel", 405, "POST, OPTIONS"),
+        ("POST", "/healthz", 405, "GET, OPTIONS"),
+    ],
+)
+def test_allow_names_every_method_of_the_path(
+    acme: httpx.Client, method: str, path: str, status: int, allow: str
+) -> None:
+    """GET and DELETE of /v1/jobs/{id} are two routes; Starlette's 405 named one."""
+    response = acme.request(method, path)
+    assert (response.status_code, response.headers.get("allow")) == (status, allow)
+    if status == 405:
+        assert error_of(response)["code"] == "method_not_allowed"
+
+
+def test_an_unknown_form_part_is_refused(acme: httpx.Client, clip: SyntheticClip) -> None:
+    response = acme.post(
+        "/v1/jobs",
+        data={"spec": json.dumps(box_spec(clip)), "priority": "high"},
+        files={"video": ("clip.mp4", clip.path.read_bytes(), "video/mp4")},
+    )
+    assert response.status_code == 422, response.text
+    assert error_of(response)["field"] == "priority"
+
+
+def test_the_openapi_document_declares_what_the_api_answers(service: EmbeddedService) -> None:
+    spec = httpx.get(f"{service.url}/openapi.json").json()
+    paths = spec["paths"]
+    submit = paths["/v1/jobs"]["post"]
+    assert submit["responses"]["202"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Job"
+    }
+    assert set(submit["responses"]) == {"202", "400", "401", "408", "413", "422", "503"}
+    error = {"$ref": "#/components/schemas/Error"}
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            for status, answer in operation["responses"].items():
+                if status.startswith(("4", "5")) and path != "/readyz":
+                    assert answer["content"]["application/json"]["schema"] == error, (path, method)
+            assert "HTTPValidationError" not in json.dumps(operation)
+            if path.startswith("/v1/jobs"):
+                assert operation["security"] == [{"bearer": []}], (path, method)
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    events = paths["/v1/jobs/{id}/events"]["get"]["responses"]["200"]["content"]
+    assert list(events) == ["text/event-stream"]
+    listed = paths["/v1/jobs"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert listed["schema"] == {"$ref": "#/components/schemas/JobList"}

@@ -81,7 +81,7 @@ def test_every_services_module_has_a_test_that_imports_it() -> None:
 
 
 def test_bench_imports_no_test_module() -> None:
-    for path in (ROOT / "bench").glob("*.py"):
+    for path in (ROOT / "bench").rglob("*.py"):
         tests = sorted(m for m in _imports(path) if m == "tests" or m.startswith("tests."))
         assert tests == [], f"{path.name} imports {tests}"
 

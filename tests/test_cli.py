@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -50,11 +51,42 @@ def test_demo_runs_end_to_end_on_the_embedded_default(tmp_path: Path) -> None:
     assert picture is not None and picture.shape[1] > 2 * original.width - 10
 
 
+def assert_celery_finds_the_workers(data_dir: Path, tmp_path: Path) -> None:
+    """Celery's own command line, pointed at the running service by its data directory
+    alone (``vor.json``), as the README tells operators (and Flower) to do."""
+    env = clean_env(tmp_path) | {"VOR_DATA_DIR": str(data_dir)}
+    celery = [sys.executable, "-m", "celery", "-A", "workers.celery_app"]
+    deadline = time.monotonic() + 60
+    while True:
+        ping = subprocess.run(
+            [*celery, "inspect", "ping", "--timeout", "3"],
+            env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        )  # fmt: skip
+        if "2 nodes online" in ping.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    assert ping.stdout.count("pong") == 2, ping.stdout
+    assert "2 nodes online" in ping.stdout
+
+
+def test_the_celery_app_imports_without_a_redis_url(tmp_path: Path) -> None:
+    """No URL and no ``vor serve`` to find: importing works; using the broker says why not."""
+    code = (
+        "import workers.celery_app as c, workers.tasks, api.app\n"
+        "try:\n    c.app.conf.broker_url\nexcept Exception as e:\n    print(type(e).__name__, e)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=clean_env(tmp_path),
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("NotConfigured VOR_REDIS_URL is not set and no `vor serve`")
+
+
 @pytest.mark.timeout(120)
 def test_serve_stops_every_child_on_sigterm(tmp_path: Path) -> None:
-    port = free_port()
+    port, data_dir = free_port(), tmp_path / "d"
     proc = subprocess.Popen(
-        [*VOR, "serve", "--port", str(port), "--workers", "1", "--data-dir", str(tmp_path / "d")],
+        [*VOR, "serve", "--port", str(port), "--workers", "1", "--data-dir", str(data_dir)],
         env=clean_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
@@ -68,11 +100,17 @@ def test_serve_stops_every_child_on_sigterm(tmp_path: Path) -> None:
             pytest.fail("vor serve did not start: " + "".join(seen))
         assert any("webhooks are signed with whsec_" in line for line in seen)
         assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+        served = json.loads((data_dir / "vor.json").read_text())
+        assert served["api_url"] == f"http://127.0.0.1:{port}"
+        assert f"broker: {served['broker_url']}\n" in seen
+        assert f"api: {served['api_url']}\n" in seen
+        assert_celery_finds_the_workers(data_dir, tmp_path)
         children = descendants(proc.pid)
         assert len(children) >= 4, "redis, api and two workers"
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, output
+        assert not (data_dir / "vor.json").exists(), "a stopped vor serve leaves its URLs behind"
         time.sleep(0.5)
         left = [pid for pid in children if alive(pid)]
         assert not left, f"children left running: {left}"
@@ -106,6 +144,15 @@ def test_api_started_before_redis_answers_503_then_serves(tmp_path: Path) -> Non
         assert response.status_code == 503, response.text
         assert response.headers["Retry-After"]
         assert "warm-up of redis skipped" in log.read_text()
+        ready = httpx.get(f"{url}/readyz", timeout=10)
+        assert ready.status_code == 503
+        assert ready.json() == {"status": "not ready",
+                                "checks": {"redis": "unreachable", "storage": "ok"}}  # fmt: skip
+        assert str(redis_port) not in ready.text, "an unauthenticated answer names the address"
+        detail = (
+            f"redis is unreachable: ConnectionError: Error 111 connecting to 127.0.0.1:{redis_port}"
+        )
+        assert detail in log.read_text(), "the details go to the log"
 
         redis_proc = start_redis(tmp_path / "redis", redis_port)
         assert httpx.get(f"{url}/v1/jobs", timeout=10).status_code == 200

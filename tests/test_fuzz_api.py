@@ -467,3 +467,25 @@ def test_signed_links_cannot_be_forged_moved_or_outlived(
         assert b"root:" not in response.content
     missing = httpx.get(f"{service.url}/v1/files/{video_key}", params={"sig": sig}, timeout=30)
     assert missing.status_code == 422 and error_of(missing)["field"] == "expires"
+
+
+@pytest.mark.parametrize(
+    "expires",
+    ["1e30", "-1e30", "nan", "NaN", "inf", "-inf", str(10**30), str(-(10**30)), "9" * 5000, "-1",
+     "253402300800", "0x10"],
+)  # fmt: skip
+def test_absurd_expiries_end_in_a_4xx(service: EmbeddedService, expires: str) -> None:
+    """Signed as the service signs (the test knows the key), so the signature holds and
+    only the expiry is absurd: past the year 9999, before 1970, or not an integer."""
+    key = "jobs/job_00000000000000000000/result.mp4"
+    signer = UrlSigner(signing_secret(Settings(webhook_secret=WEBHOOK_SECRET)))
+    try:
+        sig = signer.sign(key, int(expires))
+    except ValueError:
+        sig = "0" * 64
+    response = httpx.get(
+        f"{service.url}/v1/files/{key}", params={"expires": expires, "sig": sig}, timeout=30
+    )
+    assert_clean(response)
+    assert response.status_code == 422, response.text
+    assert error_of(response)["field"] == "expires"

@@ -103,11 +103,44 @@ def test_unresolvable_host_refused() -> None:
         check_url("http://no-such-host.invalid/", [])
 
 
-def test_trusted_prefix_skips_the_check() -> None:
+def test_trusted_origin_skips_the_check() -> None:
     upstream = "http://127.0.0.1:9000/"
-    check_url("http://127.0.0.1:9000/result.mp4", [], trusted_prefixes=[upstream])
+    check_url("http://127.0.0.1:9000/result.mp4", [], trusted_origins=[upstream])
+    check_url("HTTP://127.0.0.1:9000", [], trusted_origins=[upstream])
     with pytest.raises(UrlNotAllowed):
-        check_url("http://127.0.0.1:9001/x", [], trusted_prefixes=[upstream])
+        check_url("http://127.0.0.1:9001/x", [], trusted_origins=[upstream])
+
+
+SVOR = "https://mipixgen-pre.ai.mioffice.cn"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"{SVOR}@127.0.0.1:18080/v.mp4",
+        f"{SVOR}:pw@127.0.0.1/v.mp4",
+        f"{SVOR}.evil.example/v.mp4",
+        f"{SVOR}:8443/v.mp4",
+        "http://mipixgen-pre.ai.mioffice.cn/v.mp4",
+    ],
+)
+def test_trust_compares_scheme_host_and_port_never_a_prefix(url: str) -> None:
+    """Each starts with the trusted base URL as text, but goes somewhere else."""
+    with pytest.raises(UrlNotAllowed):
+        check_url(url, [], trusted_origins=[SVOR], resolver=fixed("10.0.0.7"))
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:65536/", "http://127.0.0.1:383010/x"])
+def test_a_port_past_65535_is_refused(url: str) -> None:
+    with pytest.raises(UrlNotAllowed, match="not a TCP port"):
+        check_url(url, LOOPBACK)
+
+
+def test_trusted_origin_with_default_port_spelled_out() -> None:
+    """Trusted without a lookup: the resolver's private answer would be refused."""
+    private = fixed("10.0.0.7")
+    check_url(f"{SVOR}:443/v.mp4", [], trusted_origins=[SVOR], resolver=private)
+    check_url(f"{SVOR}/v.mp4", [], trusted_origins=[f"{SVOR}:443/api"], resolver=private)
 
 
 def test_guarded_client_refuses_loopback_unless_allowed(receiver: Receiver) -> None:

@@ -109,6 +109,33 @@ def test_local_remove_job_end_to_end(
     assert attempts[0]["status_code"] == 500
 
 
+def test_each_progress_message_has_a_webhook_id_of_its_own(
+    acme: httpx.Client, clip: SyntheticClip
+) -> None:
+    """A receiver that deduplicates by ``webhook-id`` (as the README advises) keeps every
+    progress message: one per stage started, each with its own id and its own body."""
+    with Receiver() as receiver:
+        spec = {
+            "classes": [{"label": "disc", "boxes": [clip.box(0)]}],
+            "webhook_url": receiver.url,
+            "webhook_events": ["job.progress", "job.succeeded"],
+        }
+        job = wait(acme, accepted(acme, spec, clip.path)["id"])
+        assert job["status"] == "succeeded", job
+        started = sum(job["runs"].values())
+        assert events_of(receiver, "job.succeeded", count=1)
+        received = events_of(receiver, "job.progress", count=started)
+    verifier = Webhook(WEBHOOK_SECRET)
+    kept: dict[str, dict[str, Any]] = {}
+    for delivery in received:
+        kept.setdefault(
+            delivery.headers["webhook-id"], verifier.verify(delivery.body, delivery.headers)
+        )
+    assert len(received) == started, "one progress message per stage started"
+    assert len(kept) == started, "a deduplicating receiver kept only some of them"
+    assert {payload["data"]["id"] for payload in kept.values()} == {job["id"]}
+
+
 def test_segment_then_remove_from_job(
     acme: httpx.Client, clip2: SyntheticClip, tmp_path: Path
 ) -> None:

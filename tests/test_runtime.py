@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from services import runtime
+from services.errors import NotConfigured
 from services.jobs.lifecycle import Lifecycle
 from services.storage import FileStorage
 from tests.support.jobs import Recording
@@ -43,7 +44,7 @@ def test_a_dispatcher_name_without_a_factory_is_refused(
 ) -> None:
     monkeypatch.setenv("VOR_DISPATCHER", "workers.dispatch")
     runtime.reset()
-    with pytest.raises(runtime.NotConfigured, match="module:factory"):
+    with pytest.raises(NotConfigured, match="module:factory"):
         runtime.get_dispatcher()
 
 
@@ -51,7 +52,7 @@ def test_without_redis_the_message_says_what_to_do(monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv("VOR_REDIS_URL", raising=False)
     runtime.reset()
     try:
-        with pytest.raises(runtime.NotConfigured, match="run `vor serve`"):
+        with pytest.raises(NotConfigured, match="run `vor serve`"):
             runtime.redis_url()
     finally:
         runtime.reset()

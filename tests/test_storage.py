@@ -226,3 +226,11 @@ def test_s3_missing_bucket_is_permanent(s3_server: tuple[str, str]) -> None:  # 
     assert not isinstance(caught.value, StorageUnavailable)
     with pytest.raises(StorageUnavailable):
         missing.ping()
+
+
+@pytest.mark.parametrize("expires", [-(10**30), 10**30, -1, 253_402_300_800])
+def test_resolve_refuses_an_expiry_that_is_not_a_time(files: FileStorage, expires: int) -> None:
+    """Even correctly signed (by whoever holds the key), such a link is refused, not a crash."""
+    files.put_bytes("a/b.txt", b"x")
+    with pytest.raises(Unauthorized, match="expiry is not a time"):
+        files.resolve("a/b.txt", expires, files.signer.sign("a/b.txt", expires))

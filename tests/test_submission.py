@@ -10,7 +10,7 @@ import redis
 
 from services.engines import capabilities
 from services.errors import InvalidInput, InvalidSpec, UnsupportedPrompt, VorError
-from services.jobs import submission
+from services.jobs import spec_json, submission
 from services.jobs.store import JobStore
 from services.media.synthetic import SyntheticClip, make_clip
 from services.media.video import write_video
@@ -146,7 +146,7 @@ def test_store_files_puts_the_uploads_under_the_job(clip: SyntheticClip, tmp_pat
 
 def test_client_json_is_refused_with_its_field() -> None:
     with pytest.raises(InvalidSpec, match="spec is not JSON") as info:
-        submission.parse_client_json("{", "spec")
+        spec_json.parse_client_json("{", "spec")
     assert info.value.field == "spec"
     with pytest.raises(InvalidSpec, match="NaN is not a JSON number"):
-        submission.parse_client_json('{"a": NaN}', "body")
+        spec_json.parse_client_json('{"a": NaN}', "body")

@@ -63,10 +63,22 @@ def _backend(url: str) -> str:
     return f"{__name__}:{UnwatchedRedisBackend.__name__}+{url}"
 
 
+def _connections() -> dict[str, str]:
+    url = broker_url(get_settings())
+    return {"broker_url": url, "result_backend": _backend(url)}
+
+
 def make_app() -> Celery:
+    """The app, with its broker found when Celery first reads its configuration.
+
+    Importing this module needs no Redis URL: ``celery -A workers.celery_app ...``
+    finds the broker of a running ``vor serve`` through ``VOR_DATA_DIR`` (its
+    ``vor.json``) when ``VOR_REDIS_URL`` is not set, and says how to fix it when
+    neither is there.
+    """
     settings = get_settings()
-    url = broker_url(settings)
-    app = Celery("vor", broker=url, backend=_backend(url), include=["workers.tasks"])
+    app = Celery("vor", include=["workers.tasks"])
+    app.add_defaults(_connections)
     transport = {"visibility_timeout": settings.visibility_timeout_s}
     app.conf.update(
         task_serializer="json",

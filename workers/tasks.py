@@ -119,15 +119,21 @@ def _webhook_client() -> httpx.Client:
 
 @app.task(name=WEBHOOK_TASK, bind=True, max_retries=None, acks_late=True, queue=WEBHOOK_QUEUE.value)
 def send_webhook(
-    self: Task, job_id: str, event: str, snapshot: dict[str, Any] | None = None
+    self: Task,
+    job_id: str,
+    event: str,
+    seq: str | None = None,
+    snapshot: dict[str, Any] | None = None,
 ) -> None:
-    """One delivery attempt; ``snapshot`` is the job as it was when it was deleted."""
+    """One delivery attempt; a Celery retry resends the same message (same ``seq``);
+    ``snapshot`` is the job as it was when it was deleted."""
     retry_in = jobs().deliver(
         job_id,
         event,
         attempt=self.request.retries + 1,
         client=_webhook_client(),
         secret=runtime.webhook_secret(),
+        seq=seq,
         snapshot=Job.model_validate(snapshot) if snapshot else None,
     )
     if retry_in is not None:

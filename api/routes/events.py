@@ -13,6 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from api.deps import CurrentJob, JobStoreDep, SettingsDep
+from api.schemas import JOB_ERRORS
 from services.jobs.store import JobStore
 from services.models import Job, Status
 from services.runtime import redis_url
@@ -23,22 +24,45 @@ KEEPALIVE_S = 15.0
 RANK = {Status.queued: 0, Status.running: 1}
 """Statuses only move forward: queued, running, then one terminal status (rank 2)."""
 
+
+class EventStream(StreamingResponse):
+    media_type = "text/event-stream"
+
+
 EVENTS_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "`event: job` with `{id, status, stage, progress}` as data: the state "
         "at once, then each change; a `: keep-alive` comment every 15 s; the stream ends "
         "after a terminal status.",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
-    }
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "description": "one event of the stream",
+                    "type": "object",
+                    "required": ["event", "data"],
+                    "properties": {
+                        "event": {"const": "job"},
+                        "data": {
+                            "type": "string",
+                            "contentMediaType": "application/json",
+                            "contentSchema": {"$ref": "#/components/schemas/JobEvent"},
+                        },
+                    },
+                },
+                "example": 'event: job\ndata: {"id": "job_3f2a9c0d1e4b5a6f7c8d", '
+                '"status": "running", "stage": "erase", "progress": 0.62}\n\n',
+            }
+        },
+    },
+    **JOB_ERRORS,
 }
 
 
-@router.get("/{id}/events", response_class=StreamingResponse, responses=EVENTS_DOC)
+@router.get("/{id}/events", response_class=EventStream, responses=EVENTS_DOC)
 async def job_events(job: CurrentJob, store: JobStoreDep, settings: SettingsDep) -> Any:
     """Server-sent events of the job's status, stage and progress, until it ends."""
-    return StreamingResponse(
+    return EventStream(
         job_stream(store, job.id, redis_url(settings)),
-        media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 

@@ -12,9 +12,10 @@ from typing import Any
 
 import redis.asyncio
 from fastapi import APIRouter
-from fastapi.responses import StreamingResponse
 
 from api.deps import JobStoreDep, SettingsDep, TenantDep
+from api.routes.events import EventStream
+from api.schemas import errors
 from services.runtime import redis_url
 
 router = APIRouter(tags=["jobs"])
@@ -27,17 +28,29 @@ FEED_DOC: dict[int | str, dict[str, Any]] = {
         "falls in between); then `event: job` with `{id, status, stage, progress}` for each "
         "new or changed job of the tenant, and `event: deleted` with `{id}`; a `: keep-alive` "
         "comment every 15 s. The stream stays open until the client leaves.",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
-    }
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "description": "one event of the stream",
+                    "type": "object",
+                    "required": ["event", "data"],
+                    "properties": {
+                        "event": {"enum": ["ready", "job", "deleted"]},
+                        "data": {"type": "string", "contentMediaType": "application/json"},
+                    },
+                },
+            }
+        },
+    },
+    **errors(401, 503),
 }
 
 
-@router.get("/v1/events", response_class=StreamingResponse, responses=FEED_DOC)
+@router.get("/v1/events", response_class=EventStream, responses=FEED_DOC)
 async def tenant_events(tenant: TenantDep, store: JobStoreDep, settings: SettingsDep) -> Any:
     """Server-sent events of every new, changed or deleted job of the tenant."""
-    return StreamingResponse(
+    return EventStream(
         tenant_stream(store.tenant_channel(tenant), redis_url(settings)),
-        media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 

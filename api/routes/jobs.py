@@ -13,13 +13,16 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
+from api import spec_parser
 from api.deps import CurrentJob, JobsDep, TenantDep
+from api.schemas import JOB_ERRORS, Job, JobList, Redelivery, errors
 from api.uploads import save_upload, upload_dir
 from services import logs
 from services.errors import InvalidInput, InvalidSpec
 from services.jobs.lifecycle import Lifecycle
-from services.jobs.submission import Submission, parse_client_json
-from services.models import Job, JobSpec, Status
+from services.jobs.submission import Submission
+from services.models import Job as StoredJob
+from services.models import JobSpec, Status
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 log = logging.getLogger("vor.api")
@@ -31,10 +34,11 @@ SUBMIT_BODY: dict[str, Any] = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
+                    "additionalProperties": False,
                     "required": ["video", "spec"],
                     "properties": {
                         "video": {"type": "string", "format": "binary"},
-                        "spec": {"type": "string", "description": "the job spec as JSON"},
+                        "spec": {"$ref": "#/components/schemas/JobSpec"},
                         "mask": {
                             "type": "string",
                             "format": "binary",
@@ -57,13 +61,29 @@ SUBMIT_BODY: dict[str, Any] = {
 }
 
 
-def _parse_spec(raw: str | None) -> JobSpec:
+FORM_PARTS = {"video", "spec", "mask"}
+SUBMITTED_HEADERS = {
+    "Location": {"description": "the job's URL", "schema": {"type": "string"}},
+    "Idempotent-Replayed": {
+        "description": "`true` when the Idempotency-Key named an earlier job, which is returned",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+}
+
+
+async def _form_spec(raw: str | None) -> JobSpec:
     if raw is None:
         raise InvalidSpec("the multipart form needs a 'spec' field with the job spec", field="spec")
-    return JobSpec.model_validate(parse_client_json(raw, "spec"))
+    return await spec_parser.parse(raw, "spec")
 
 
-@router.post("", status_code=202, openapi_extra=SUBMIT_BODY, response_model=None)
+@router.post(
+    "",
+    status_code=202,
+    openapi_extra=SUBMIT_BODY,
+    response_model=Job,
+    responses={202: {"headers": SUBMITTED_HEADERS}, **errors(400, 401, 408, 413, 422, 503)},
+)
 async def create_job(
     request: Request,
     tenant: TenantDep,
@@ -71,11 +91,18 @@ async def create_job(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JSONResponse:
     """Submit a job: multipart (video, spec, optional mask) or JSON with video_url."""
-    content_type = request.headers.get("content-type", "")
+    content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=2, max_fields=8)
+        limit = jobs.settings.max_json_bytes
+        form = await request.form(max_files=2, max_fields=8, max_part_size=limit)
+        unknown = sorted(set(form) - FORM_PARTS)
+        if unknown:
+            raise InvalidInput(
+                f"unknown form field {unknown[0]!r}: send video, spec and (optionally) mask",
+                field=unknown[0],
+            )
         spec_field = form.get("spec")
-        spec = _parse_spec(spec_field if isinstance(spec_field, str) else None)
+        spec = await _form_spec(spec_field if isinstance(spec_field, str) else None)
         uploads: dict[str, UploadFile] = {}
         for name in ("video", "mask"):
             part = form.get(name)
@@ -92,8 +119,7 @@ async def create_job(
         )
         job, created = await run_in_threadpool(_submit_uploads, jobs, submission, uploads)
     elif content_type.startswith("application/json"):
-        body = parse_client_json(await request.body(), "body")
-        spec = JobSpec.model_validate(body)
+        spec = await spec_parser.parse(await request.body(), "body")
         submission = Submission(tenant=tenant, spec=spec, idempotency_key=idempotency_key)
         job, created = await run_in_threadpool(jobs.submit, submission)
     else:
@@ -111,7 +137,7 @@ async def create_job(
 
 def _submit_uploads(
     jobs: Lifecycle, submission: Submission, uploads: dict[str, UploadFile]
-) -> tuple[Job, bool]:
+) -> tuple[StoredJob, bool]:
     """Save the uploaded parts to a private folder, submit, and remove the folder.
 
     Runs in a worker thread: every file operation of a submission stays off the
@@ -131,13 +157,13 @@ def _submit_uploads(
         return jobs.submit(replace(submission, video=save("video"), mask=save("mask")))
 
 
-@router.get("/{id}")
+@router.get("/{id}", response_model=Job, responses=JOB_ERRORS)
 def get_job(job: CurrentJob, jobs: JobsDep) -> dict[str, Any]:
     """One job: status, stage, progress, result URLs or error."""
     return jobs.view(job)
 
 
-@router.get("")
+@router.get("", response_model=JobList, responses=errors(401, 422, 503))
 def list_jobs(
     tenant: TenantDep,
     jobs: JobsDep,
@@ -150,20 +176,25 @@ def list_jobs(
     return {"jobs": [jobs.view(job) for job in found], "next_cursor": next_cursor}
 
 
-@router.post("/{id}/cancel")
+@router.post("/{id}/cancel", response_model=Job, responses={**JOB_ERRORS, **errors(409)})
 def cancel_job(job: CurrentJob, jobs: JobsDep) -> dict[str, Any]:
     """Stop a queued or running job; its running stage stops at its next progress check."""
     return jobs.view(jobs.cancel(job))
 
 
-@router.delete("/{id}", status_code=204)
+@router.delete("/{id}", status_code=204, response_class=Response, responses=JOB_ERRORS)
 def delete_job(job: CurrentJob, jobs: JobsDep) -> Response:
     """Delete a job and every file it stored (a running job is canceled first)."""
     jobs.delete(job)
     return Response(status_code=204)
 
 
-@router.post("/{id}/webhooks/redeliver", status_code=202)
+@router.post(
+    "/{id}/webhooks/redeliver",
+    status_code=202,
+    response_model=Redelivery,
+    responses={**JOB_ERRORS, **errors(409)},
+)
 def redeliver_webhook(job: CurrentJob, jobs: JobsDep) -> dict[str, Any]:
     """Send the job's terminal webhook again (after the receiver was down)."""
     return {"job_id": job.id, "event": jobs.redeliver(job), "queued": True}

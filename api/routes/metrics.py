@@ -22,7 +22,12 @@ def registry(request: Request) -> CollectorRegistry:
     return found
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+                     "description": "Prometheus text format"}},
+)  # fmt: skip
 def metrics(request: Request) -> Response:
     """Jobs by status, stage durations, queue depths, upstream calls, webhook deliveries."""
     return Response(generate_latest(registry(request)), media_type=CONTENT_TYPE_LATEST)

@@ -16,6 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from api.deps import SettingsDep, TenantDep
+from api.schemas import Probe, errors
 from api.uploads import save_upload, upload_dir
 from services.errors import InvalidInput
 from services.jobs.submission import probe_upload
@@ -23,6 +24,7 @@ from services.models import InputInfo
 from services.settings import Settings
 
 router = APIRouter(tags=["jobs"])
+PROBE_PARTS = {"video", "engine"}
 
 PROBE_BODY: dict[str, Any] = {
     "requestBody": {
@@ -32,6 +34,7 @@ PROBE_BODY: dict[str, Any] = {
                 "schema": {
                     "type": "object",
                     "required": ["video"],
+                    "additionalProperties": False,
                     "properties": {
                         "video": {"type": "string", "format": "binary"},
                         "engine": {
@@ -48,12 +51,23 @@ PROBE_BODY: dict[str, Any] = {
 }
 
 
-@router.post("/v1/probe", openapi_extra=PROBE_BODY)
+@router.post(
+    "/v1/probe",
+    openapi_extra=PROBE_BODY,
+    response_model=Probe,
+    responses=errors(400, 401, 408, 413, 422, 503),
+)
 async def probe_video(request: Request, _: TenantDep, settings: SettingsDep) -> dict[str, Any]:
     """Probe a video (multipart field ``video``) without submitting it: ``{"input": {...}}``."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise InvalidInput("send multipart/form-data with the file as 'video'", field="video")
-    form = await request.form(max_files=1, max_fields=2)
+    form = await request.form(max_files=2, max_fields=8, max_part_size=settings.max_json_bytes)
+    unknown = sorted(set(form) - PROBE_PARTS)
+    if unknown:
+        raise InvalidInput(
+            f"unknown form field {unknown[0]!r}: send video and (optionally) engine",
+            field=unknown[0],
+        )
     video, engine = form.get("video"), form.get("engine") or settings.engine
     if not isinstance(video, UploadFile):
         raise InvalidInput("send the file as the multipart field 'video'", field="video")

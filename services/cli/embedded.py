@@ -7,6 +7,7 @@ processes started the way an operator would start them.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -19,6 +20,7 @@ from types import TracebackType
 import httpx
 
 from services.models import Queue
+from services.settings import served_file
 
 WORKER_STOP_GRACE_S = 20.0
 
@@ -152,6 +154,30 @@ class EmbeddedService:
         time.sleep(down_s)
         self.redis = start_redis(self.data_dir / "redis", self.redis_port)
 
+    @property
+    def broker_url(self) -> str:
+        return self.env.get("VOR_BROKER_URL") or self.env["VOR_REDIS_URL"]
+
+    @property
+    def served_file(self) -> Path:
+        return served_file(self.data_dir)
+
+    def _write_served_file(self) -> None:
+        """``<data-dir>/vor.json``: the URLs a process started by hand needs to join this
+        service (``celery -A workers.celery_app inspect ping``, Flower, ``vor worker``).
+        Only the owner may read it: a Redis URL may carry a password."""
+        served = {
+            "api_url": self.url,
+            "redis_url": self.env["VOR_REDIS_URL"],
+            "broker_url": self.broker_url,
+            "pid": str(os.getpid()),
+        }
+        tmp = self.served_file.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(served, out, indent=1)
+        os.replace(tmp, self.served_file)
+
     def start(self, *, timeout: float = 90.0) -> EmbeddedService:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.env.setdefault("VOR_DATA_DIR", str(self.data_dir))
@@ -174,6 +200,7 @@ class EmbeddedService:
             "--concurrency", str(self.io_threads), name="worker-io",
         )  # fmt: skip
         self.wait_ready(timeout)
+        self._write_served_file()
         return self
 
     def wait_ready(self, timeout: float) -> None:
@@ -197,6 +224,7 @@ class EmbeddedService:
 
     def stop(self) -> None:
         """SIGTERM every child, give workers time to hand back their messages, then kill."""
+        self.served_file.unlink(missing_ok=True)
         for proc in self.children:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from services import logs
 from services.cli.client import ApiError, ProgressBar, VorClient
 from services.cli.embedded import EmbeddedService
-from services.errors import VorError
+from services.errors import NotConfigured, VorError
 from services.media.video import probe
 from services.models import Queue
 
@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     except VorError as exc:
         print(f"vor: {exc.message}", file=sys.stderr)
         return 2
+    except NotConfigured as exc:
+        print(f"vor: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 
@@ -169,6 +172,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         log_config=None,
         timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
         workers=args.processes,
+        http="api.limits:HeaderTimeoutProtocol",
     )
     return 0
 
@@ -236,6 +240,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         service.start()
         _print_secret(service)
+        print(
+            f"broker: {service.broker_url}\nredis: {service.env['VOR_REDIS_URL']}\n"
+            f"api: {service.url}\nwritten to {service.served_file}; with "
+            f"VOR_DATA_DIR={service.data_dir}, `celery -A workers.celery_app inspect ping` "
+            "and Flower find this broker",
+            flush=True,
+        )
         print(
             f"vor is serving at {service.url} (docs: {service.url}/docs); Ctrl-C stops it",
             flush=True,

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import httpx
 
 from services import logs, metrics
-from services.errors import Conflict, VorError
+from services.errors import Conflict, NotFound, VorError
 from services.jobs import notifications, submission, webhooks
 from services.jobs.store import JobStore
 from services.models import Job, JobError, Stage, Status
@@ -176,11 +176,13 @@ class Lifecycle:
         attempt: int,
         client: httpx.Client,
         secret: str,
+        seq: str | None = None,
         snapshot: Job | None = None,
     ) -> float | None:
         """One attempt at ``event``'s webhook (the ``attempt``-th); the seconds to wait
         before the next, or None when no other is due (delivered, gone, given up, or
-        a progress event, which is best effort)."""
+        a progress event, which is best effort). ``seq`` tells one ``job.progress``
+        message apart from the job's others (``notifications.new_message``)."""
         job = self.store.get(job_id) or snapshot
         if job is None:
             return None
@@ -196,6 +198,7 @@ class Lifecycle:
             client=client,
             result=self.result_urls(job),
             last_attempt=last,
+            seq=seq,
         )
         if outcome is None:
             return None
@@ -229,12 +232,18 @@ class Lifecycle:
 
     def view(self, job: Job) -> dict[str, Any]:
         """A job as clients see it: its public fields, result URLs and input URL."""
-        public = job.public(self.result_urls(job))
-        public["input_url"] = self.input_url(job)
-        return public
+        return job.public(self.result_urls(job), self.input_url(job))
 
     def _end(self, job_id: str, status: Status, **fields: object) -> Job | None:
         """Move the job to ``status`` and clean up; the job, or None if it had ended."""
-        job = self.store.finish(job_id, status, **fields)
+        try:
+            job = self.store.finish(job_id, status, **fields)
+        except NotFound:
+            # Deleted while a stage ran: nothing to end, and nothing of it may stay,
+            # including what the stage stored after the deletion.
+            log.info("job %s was deleted while it ran; its files are removed", job_id)
+            self.cleanup(job_id)
+            self.storage.delete_prefix(f"jobs/{job_id}/")
+            return None
         self.cleanup(job_id)
         return job if job.status is status else None

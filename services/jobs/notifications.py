@@ -1,15 +1,22 @@
 """Webhook events of a job: which to send, and one delivery attempt of each.
 
-Terminal events are retried by the caller (``Lifecycle.deliver``, run by a Celery
-task) on the schedule of ``webhooks.backoff_s``; progress events are best effort, sent once. Every
-attempt is logged on the job, and a 410 from the receiver stops all further
-deliveries for that job.
+Terminal events are retried by the caller (``Lifecycle.deliver``, run by a
+Celery task) on the schedule of ``webhooks.backoff_s``; progress events are best
+effort, sent once. Every attempt is logged on the job, and a 410 from the
+receiver stops all further deliveries for that job.
+
+A message's ``webhook-id`` is what a receiver deduplicates by. A terminal event
+happens once per job, so its id follows from the job and the event (a
+redelivery asked for later keeps it). A job sends ``job.progress`` many times
+with different bodies: each of those messages gets a sequence of its own when
+it is queued (``new_message``), and only retries of that message share it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 from urllib.parse import urlsplit
 
 import httpx
@@ -27,6 +34,11 @@ def wants(job: Job, event: str) -> bool:
     if not job.spec.webhook_url or event not in job.spec.webhook_events:
         return False
     return not any(w.error == "gone" for w in job.webhooks)
+
+
+def new_message(event: str) -> str | None:
+    """The sequence that tells this message of ``event`` apart from the job's others."""
+    return None if event in TERMINAL_EVENTS else secrets.token_hex(8)
 
 
 def delivery_state(outcome: webhooks.DeliveryResult, last_attempt: bool) -> str:
@@ -57,6 +69,7 @@ def deliver_event(
     client: httpx.Client,
     result: dict[str, str],
     last_attempt: bool = True,
+    seq: str | None = None,
 ) -> webhooks.DeliveryResult | None:
     """Send ``event`` for a job once and log the attempt; None when nothing is to be sent.
 
@@ -67,7 +80,7 @@ def deliver_event(
     if not wants(job, event):
         return None
     assert job.spec.webhook_url
-    msg_id = webhooks.webhook_id(job.id, event)
+    msg_id = webhooks.webhook_id(job.id, event, seq)
     body = webhooks.event_body(event, job.public(result))
     outcome = webhooks.deliver(
         client, job.spec.webhook_url, secret=secret, msg_id=msg_id, body=body, timeout=timeout_s

@@ -8,11 +8,9 @@ the field at fault; ``store_files`` puts its files into storage. The lifecycle
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -47,35 +45,6 @@ class Submission:
     mask: Path | None = None
     mask_name: str | None = None
     idempotency_key: str | None = None
-
-
-def parse_client_json(raw: str | bytes, field: str) -> Any:
-    """A client's JSON (the spec, or the whole body), refused with ``InvalidSpec`` naming
-    ``field`` unless vor can keep it: well-formed, without NaN or Infinity, nested
-    less deep than Python's recursion limit, and with no lone surrogate (``"\\ud800"``
-    parses, but cannot be written back as UTF-8)."""
-    try:
-        value = json.loads(raw, parse_constant=_no_constant)
-    except json.JSONDecodeError as exc:
-        raise InvalidSpec(
-            f"{field} is not JSON: {exc.msg} at position {exc.pos}", field=field
-        ) from exc
-    except RecursionError:
-        raise InvalidSpec(f"{field} is nested too deeply to be a job spec", field=field) from None
-    except ValueError as exc:
-        raise InvalidSpec(f"{field} is not JSON: {exc}", field=field) from exc
-    try:
-        json.dumps(value, ensure_ascii=False).encode()
-    except UnicodeEncodeError:
-        raise InvalidSpec(
-            f"{field} holds a lone UTF-16 surrogate escape (\\ud800-\\udfff): send valid Unicode",
-            field=field,
-        ) from None
-    return value
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
 
 
 def probe_upload(path: Path, engine: str, settings: Settings) -> InputInfo:
@@ -134,7 +103,7 @@ def check_prompts(spec: JobSpec, engine: Capabilities, info: InputInfo | None) -
 def check_url(url: str, field: str, settings: Settings) -> None:
     from services.netpolicy import check_url as check
 
-    check(url, settings.allowed_networks(), trusted_prefixes=(settings.svor_base_url,), field=field)
+    check(url, settings.allowed_networks(), trusted_origins=(settings.svor_base_url,), field=field)
 
 
 def suffix_of(name: str | None, allowed: set[str], default: str) -> str:

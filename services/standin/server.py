@@ -48,7 +48,7 @@ from services.media.video import VideoWriter, probe, read_frames
 from services.models import ClassPrompt, InputInfo
 
 DEFAULT_MAX_BODY_BYTES = 1000 * 1024
-FILE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+FILE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 JSON_ENDPOINTS = frozenset(
     {"sam3_prompt_seg", "sam3_prompt_seg/status", "mieraser", "mieraser/status"}
 )
@@ -636,7 +636,7 @@ def create_app(
     def files(name: str) -> Response:
         """A task's result video."""
         path = state.files_dir / name
-        if not FILE_NAME.match(name) or not path.is_file():
+        if not FILE_NAME.fullmatch(name) or not path.is_file():
             return _error(404, "no such file")
         return FileResponse(path, media_type="video/mp4" if name.endswith(".mp4") else None)
 
