@@ -12,6 +12,7 @@ import redis
 
 from services import runtime
 from services.engines import capabilities
+from services.jobs import notifications
 from services.jobs.plan import WEBHOOK_QUEUE, plan
 from services.metrics import QueueDepths
 from services.models import Job, JobSpec, Queue
@@ -26,8 +27,10 @@ class CeleryDispatcher:
     """Stages as a canvas (``workers.canvas``), webhooks as ``vor.webhook`` messages;
     what waits is read from the broker's Redis (``workers.broker``)."""
 
-    def __init__(self, broker: Callable[[], redis.Redis] = runtime.get_broker_redis) -> None:
-        self.broker = broker
+    def __init__(
+        self, redis_of_broker: Callable[[], redis.Redis] = runtime.get_broker_redis
+    ) -> None:
+        self.broker = redis_of_broker
 
     def enqueue(self, job: Job) -> None:
         engine = capabilities(job.engine, get_settings())
@@ -37,7 +40,10 @@ class CeleryDispatcher:
 
     def notify(self, job_id: str, event: str, *, snapshot: Job | None = None) -> None:
         kwargs = {"snapshot": snapshot.model_dump(mode="json")} if snapshot else {}
-        app.send_task(WEBHOOK_TASK, args=(job_id, event), kwargs=kwargs, queue=WEBHOOK_QUEUE.value)
+        seq = notifications.new_message(event)
+        app.send_task(
+            WEBHOOK_TASK, args=(job_id, event, seq), kwargs=kwargs, queue=WEBHOOK_QUEUE.value
+        )
 
     def queued_jobs(self, *, held_for_less_than_s: float) -> set[str]:
         return broker.jobs_with_messages(
