@@ -17,6 +17,7 @@ import numpy as np
 
 from services import media
 from services.errors import (
+    Conflict,
     InputTooLarge,
     InvalidInput,
     InvalidSpec,
@@ -238,6 +239,15 @@ def _reused(
     return artifacts, segments, done
 
 
+def _check_replay(existing: Job, spec: JobSpec) -> None:
+    if existing.spec != spec:
+        raise Conflict(
+            f"this Idempotency-Key was used for job {existing.id}, with another spec; "
+            "use a new key for a new job",
+            field="Idempotency-Key",
+        )
+
+
 def submit(
     sub: Submission,
     *,
@@ -246,12 +256,14 @@ def submit(
     settings: Settings,
     enqueue: Callable[[Job], None],
 ) -> tuple[Job, bool]:
-    """Check, store and enqueue a job. Returns the job and whether it is new."""
+    """Check, store and enqueue a job. Returns the job and whether it is new.
+
+    A request is checked in full before its ``Idempotency-Key`` is looked up, so
+    a retry is answered as the first request was: the same job when it was
+    accepted, the same error when it was not. A key already used for another
+    spec is a conflict, never that other job.
+    """
     spec = sub.spec
-    if sub.idempotency_key:
-        existing = store.by_idempotency_key(sub.tenant, sub.idempotency_key)
-        if existing is not None:
-            return existing, False
     engine = spec.engine or settings.engine
     artifacts: dict[str, str] = {}
     segments: dict[str, SegmentInfo] = {}
@@ -304,6 +316,11 @@ def submit(
         )
     if spec.webhook_url:
         check_url(spec.webhook_url, "webhook_url", settings)
+    if sub.idempotency_key:
+        existing = store.by_idempotency_key(sub.tenant, sub.idempotency_key)
+        if existing is not None:
+            _check_replay(existing, spec)
+            return existing, False
 
     job = Job(
         id=new_job_id(),

@@ -107,7 +107,7 @@ def _save_upload(upload: UploadFile, folder: Path, name: str, limit: int) -> Pat
     status_code=202,
     openapi_extra=SUBMIT_BODY,
     response_model=Job,
-    responses={202: {"headers": SUBMITTED_HEADERS}, **errors(400, 401, 408, 413, 422, 503)},
+    responses={202: {"headers": SUBMITTED_HEADERS}, **errors(400, 401, 408, 409, 413, 422, 503)},
 )
 async def create_job(
     request: Request,

@@ -68,7 +68,7 @@ async def probe_video(request: Request, _: TenantDep, settings: SettingsDep) -> 
             f"unknown form field {unknown[0]!r}: send video and (optionally) engine",
             field=unknown[0],
         )
-    video, engine = form.get("video"), form.get("engine") or settings.engine
+    video, engine = form.get("video"), form.get("engine", settings.engine)
     if not isinstance(video, UploadFile):
         raise InvalidInput("send the file as the multipart field 'video'", field="video")
     if engine not in ("local", "svor"):
