@@ -84,7 +84,8 @@ ERROR_WHEN = {
     401: "No API key, or one that is not valid.",
     404: "No such job (or another tenant's).",
     408: "The request came too slowly (see VOR_HEADER_TIMEOUT_S, VOR_BODY_IDLE_TIMEOUT_S).",
-    409: "The job is not in a state that allows this.",
+    409: "The job is not in a state that allows this (or an Idempotency-Key was reused "
+    "for another spec).",
     413: "The body is over VOR_MAX_UPLOAD_BYTES / VOR_MAX_JSON_BYTES.",
     422: "A parameter, the spec, the video or a URL is not acceptable; `field` says which.",
     503: "Redis or storage is unreachable for a moment; retry after `Retry-After` seconds.",

@@ -81,6 +81,24 @@ def test_idempotency_key_returns_the_same_job(
     assert other_tenant.json()["id"] != first.json()["id"]
 
 
+def test_a_reused_idempotency_key_is_checked_like_a_new_request(
+    acme: httpx.Client, clip: SyntheticClip
+) -> None:
+    headers = {"Idempotency-Key": "batch-42-clip-8"}
+    first = submit(acme, box_spec(clip), clip.path, headers=headers)
+    assert first.status_code == 202, first.text
+    no_video = acme.post(
+        "/v1/jobs", files={"spec": (None, json.dumps(box_spec(clip)))}, headers=headers
+    )
+    assert no_video.status_code == 422, no_video.text
+    assert error_of(no_video)["field"] == "video"
+    other_spec = submit(acme, {**box_spec(clip), "mode": "segment"}, clip.path, headers=headers)
+    assert other_spec.status_code == 409, other_spec.text
+    assert error_of(other_spec)["field"] == "Idempotency-Key"
+    assert first.json()["id"] in error_of(other_spec)["message"]
+    wait(acme, first.json()["id"])
+
+
 def test_list_filters_and_pages(acme: httpx.Client, clip: SyntheticClip) -> None:
     ids = [accepted(acme, box_spec(clip), clip.path)["id"] for _ in range(3)]
     seen: list[str] = []
@@ -357,7 +375,7 @@ def test_the_openapi_document_declares_what_the_api_answers(service: EmbeddedSer
     assert submit["responses"]["202"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/Job"
     }
-    assert set(submit["responses"]) == {"202", "400", "401", "408", "413", "422", "503"}
+    assert set(submit["responses"]) == {"202", "400", "401", "408", "409", "413", "422", "503"}
     error = {"$ref": "#/components/schemas/Error"}
     for path, operations in paths.items():
         for method, operation in operations.items():

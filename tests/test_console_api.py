@@ -126,6 +126,14 @@ def test_probe_reads_a_video_and_refuses_what_is_not_one(
         "/v1/probe", data={"engine": "gpu"}, files={"video": ("d.mp4", clip.path.read_bytes())}
     )
     assert error_of(engine)["field"] == "engine"
+    empty = acme.post(
+        "/v1/probe", data={"engine": ""}, files={"video": ("d.mp4", clip.path.read_bytes())}
+    )
+    assert empty.status_code == 422 and error_of(empty)["field"] == "engine"
+    extra = acme.post(
+        "/v1/probe", data={"colour": "red"}, files={"video": ("d.mp4", clip.path.read_bytes())}
+    )
+    assert extra.status_code == 422 and error_of(extra)["field"] == "colour"
     missing = acme.post("/v1/probe", data={"engine": "local"})
     assert missing.status_code == 422 and error_of(missing)["field"] == "video"
     assert httpx.post(acme.base_url.join("/v1/probe"), files={"video": b"x"}).status_code == 401

@@ -82,7 +82,7 @@ async def _form_spec(raw: str | None) -> JobSpec:
     status_code=202,
     openapi_extra=SUBMIT_BODY,
     response_model=Job,
-    responses={202: {"headers": SUBMITTED_HEADERS}, **errors(400, 401, 408, 413, 422, 503)},
+    responses={202: {"headers": SUBMITTED_HEADERS}, **errors(400, 401, 408, 409, 413, 422, 503)},
 )
 async def create_job(
     request: Request,

@@ -84,13 +84,19 @@ class Lifecycle:
     dispatcher: Dispatcher
 
     def submit(self, sub: submission.Submission) -> tuple[Job, bool]:
-        """Check, store and enqueue a job. Returns the job and whether it is new (an
-        ``Idempotency-Key`` used before returns that job)."""
+        """Check, store and enqueue a job. Returns the job and whether it is new.
+
+        A request is checked in full before its ``Idempotency-Key`` is looked up, so
+        a retry is answered as the first request was: the same job when it was
+        accepted, the same error when it was not. A key already used for another
+        spec is a conflict, never that other job.
+        """
+        job = submission.accept(sub, store=self.store, settings=self.settings)
         if sub.idempotency_key:
             existing = self.store.by_idempotency_key(sub.tenant, sub.idempotency_key)
             if existing is not None:
+                submission.check_replay(existing, sub.spec)
                 return existing, False
-        job = submission.accept(sub, store=self.store, settings=self.settings)
         submission.store_files(job, sub, self.storage)
         job, created = self.store.create(job)
         if created:

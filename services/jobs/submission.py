@@ -18,6 +18,7 @@ import numpy as np
 from services.engines import capabilities
 from services.engines.base import Capabilities
 from services.errors import (
+    Conflict,
     InputTooLarge,
     InvalidInput,
     InvalidSpec,
@@ -308,6 +309,17 @@ def accept(sub: Submission, *, store: JobStore, settings: Settings) -> Job:
         done=source.done,
         idempotency_key=sub.idempotency_key,
     )
+
+
+def check_replay(existing: Job, spec: JobSpec) -> None:
+    """An ``Idempotency-Key`` already used: the same spec replays its job; another spec
+    is a conflict, never that other job."""
+    if existing.spec != spec:
+        raise Conflict(
+            f"this Idempotency-Key was used for job {existing.id}, with another spec; "
+            "use a new key for a new job",
+            field="Idempotency-Key",
+        )
 
 
 def store_files(job: Job, sub: Submission, storage: Storage) -> None:
