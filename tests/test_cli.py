@@ -14,8 +14,9 @@ import cv2
 import httpx
 import pytest
 
+import workers.__main__ as worker_main
 from services.cli import main
-from services.cli.embedded import EmbeddedService, free_port, start_redis
+from services.cli.embedded import EmbeddedService, free_port, start_redis, worker_args
 from services.cli.processes import alive, descendants
 from services.media.synthetic import SyntheticClip
 from services.media.video import probe
@@ -235,16 +236,17 @@ def test_the_parser_knows_every_command() -> None:
     }
 
 
-def test_worker_args_name_the_worker_by_its_queues(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_worker_is_named_by_its_queues_and_pid(monkeypatch: pytest.MonkeyPatch) -> None:
+    args = worker_main.parser().parse_args(worker_args("cpu", "prefork", 2))
     monkeypatch.setenv("VOR_LOG_FORMAT", "json")
     get_settings.cache_clear()
     try:
-        argv = main.worker_args("cpu", "prefork", 2, "INFO")
+        argv = worker_main.celery_argv(args, 4242)
     finally:
         get_settings.cache_clear()
     assert argv[:2] == ["--quiet", "worker"] and argv[-2:] == ["--concurrency", "2"]
-    hostname = argv[argv.index("--hostname") + 1]
-    assert hostname == f"cpu-{os.getpid()}@%h"
+    assert argv[argv.index("--hostname") + 1] == "cpu-4242@%h"
+    assert argv[argv.index("--pool") + 1] == "prefork"
 
 
 def test_svor_server_and_worker_run_as_their_own_modules(tmp_path: Path) -> None:
@@ -255,6 +257,12 @@ def test_svor_server_and_worker_run_as_their_own_modules(tmp_path: Path) -> None
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "usage: vor svor-server" in out.stdout and "--burst-429" in out.stdout
+    worker = subprocess.run(
+        [*VOR, "worker", "--queues", "cpu", "--pool", "solo"], env=clean_env(tmp_path),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert worker.returncode == 2, worker.stderr
+    assert worker.stderr.startswith("vor: VOR_REDIS_URL is not set"), worker.stderr
     port = free_port()
     proc = subprocess.Popen(
         [*VOR, "svor-server", "--port", str(port)], env=clean_env(tmp_path),

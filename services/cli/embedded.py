@@ -70,6 +70,14 @@ def start_redis(data_dir: Path, port: int, *, log: Path | None = None) -> subpro
     raise RuntimeError("the embedded Redis did not answer within 15 s")
 
 
+def worker_args(
+    queues: str, pool: str, concurrency: int | None, loglevel: str = "INFO"
+) -> list[str]:
+    """The command line of ``python -m workers``: a worker of vor on ``queues``."""
+    argv = ["--queues", queues, "--pool", pool, "--loglevel", loglevel]
+    return argv + (["--concurrency", str(concurrency)] if concurrency else [])
+
+
 WORKER_NICENESS = 10
 """Workers yield the CPU to the API on a shared machine, so submissions answer at once."""
 
@@ -115,12 +123,12 @@ class EmbeddedService:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         return f"http://{host}:{self.port}"
 
-    def _spawn(self, *args: str, name: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, module: str, *args: str, name: str) -> subprocess.Popen[bytes]:
         logs = self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         out = (logs / f"{name}.log").open("ab") if self.quiet else None
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", *args],
+            [sys.executable, "-m", module, *args],
             env=self.env,
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
@@ -128,7 +136,7 @@ class EmbeddedService:
             preexec_fn=_lower_priority if name.startswith("worker") else None,
         )
         self.processes[name] = proc
-        self._commands[name] = args
+        self._commands[name] = (module, *args)
         return proc
 
     def restart(self, name: str) -> subprocess.Popen[bytes]:
@@ -188,17 +196,13 @@ class EmbeddedService:
             self.env["VOR_REDIS_URL"] = f"redis://127.0.0.1:{self.redis_port}/0"
             self.env.setdefault("VOR_BROKER_URL", f"redis://127.0.0.1:{self.redis_port}/1")
         self._spawn(
-            "api", "--host", self.host, "--port", str(self.port),
+            "services.cli", "api", "--host", self.host, "--port", str(self.port),
             "--processes", str(self.api_processes), name="api",
         )  # fmt: skip
-        self._spawn(
-            "worker", "--queues", Queue.cpu.value, "--pool", "prefork",
-            "--concurrency", str(self.workers), name="worker-cpu",
-        )  # fmt: skip
-        self._spawn(
-            "worker", "--queues", Queue.io.value, "--pool", "threads",
-            "--concurrency", str(self.io_threads), name="worker-io",
-        )  # fmt: skip
+        cpu = worker_args(Queue.cpu.value, "prefork", self.workers)
+        self._spawn("workers", *cpu, name="worker-cpu")
+        self._spawn("workers", *worker_args(Queue.io.value, "threads", self.io_threads),
+                    name="worker-io")  # fmt: skip
         self.wait_ready(timeout)
         self._write_served_file()
         return self

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from services import logs
 from services.cli.client import ApiError, ProgressBar, VorClient
-from services.cli.embedded import EmbeddedService
+from services.cli.embedded import EmbeddedService, worker_args
 from services.errors import NotConfigured, VorError
 from services.media.video import probe
 from services.models import Queue
@@ -175,28 +175,6 @@ def cmd_api(args: argparse.Namespace) -> int:
         http="api.limits:HeaderTimeoutProtocol",
     )
     return 0
-
-
-def worker_args(queues: str, pool: str, concurrency: int | None, loglevel: str) -> list[str]:
-    """The arguments of ``python -m workers``: a Celery worker on ``queues``."""
-    argv = [
-        "worker",
-        "--queues",
-        queues,
-        "--pool",
-        pool,
-        "--loglevel",
-        loglevel,
-        "--hostname",
-        f"{queues.replace(',', '-')}-{os.getpid()}@%h",
-        "--without-gossip",
-        "--without-mingle",
-    ]
-    if concurrency:
-        argv += ["--concurrency", str(concurrency)]
-    if _log_format() == "json":
-        argv.insert(0, "--quiet")
-    return argv
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
