@@ -119,7 +119,7 @@ class Lifecycle:
         as ``cancel`` does (its ``job.canceled`` webhook goes out from a snapshot)."""
         ended = None if job.status.is_terminal() else self._end(job.id, Status.canceled)
         self.storage.delete_prefix(f"jobs/{job.id}/")
-        self.store.delete(ended or job)
+        self.store.delete(ended or self.store.get(job.id) or job)
         log.info("job deleted")
         if ended is not None:
             self.notify(job.id, "job.canceled", snapshot=ended)
