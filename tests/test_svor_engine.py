@@ -245,7 +245,7 @@ def test_refused_connection_is_retried_then_unavailable(
 ) -> None:
     client = client_for("http://127.0.0.1:9", fake, max_retries=2)
     with pytest.raises(UpstreamUnavailable, match="ConnectError"):
-        client.segment(clip.path, SvorPrompt(boxes=[(10, 20, 20, 20)]))
+        client.segment(clip.path, SvorPrompt(boxes=[(0.1, 0.3, 0.2, 0.3)]))
     assert client.stats["retries"] == {"connect": 2}
 
 
@@ -272,7 +272,7 @@ def test_malformed_submit_answer_fails_clearly(
 def test_bad_request_fails_at_once(svor_url: str, fake: FakeTime, clip: SyntheticClip) -> None:
     client = client_for(svor_url, fake)
     with pytest.raises(UpstreamBadRequest, match="frame_index"):
-        client.segment(clip.path, SvorPrompt(frame_index=99, boxes=[(10, 20, 20, 20)]))
+        client.segment(clip.path, SvorPrompt(frame_index=99, boxes=[(0.1, 0.3, 0.2, 0.3)]))
     assert stats(svor_url)["requests"] == {"sam3_prompt_seg": {"400": 1}}
     assert client.stats["retries"] == {}
 
@@ -284,13 +284,13 @@ def test_bad_key_fails_at_once(
     httpx.delete(f"{keyed_url}/_stats").raise_for_status()
     client = client_for(keyed_url, fake, api_key=key)
     with pytest.raises(UpstreamAuth, match="SVOR_API_KEY"):
-        client.segment(clip.path, SvorPrompt(boxes=[(10, 20, 20, 20)]))
+        client.segment(clip.path, SvorPrompt(boxes=[(0.1, 0.3, 0.2, 0.3)]))
     assert stats(keyed_url)["requests"] == {"sam3_prompt_seg": {status: 1}}
 
 
 def test_right_key_is_sent(keyed_url: str, fake: FakeTime, clip: SyntheticClip) -> None:
     client = client_for(keyed_url, fake, api_key=API_KEY)
-    result = client.segment(clip.path, SvorPrompt(boxes=[(10, 20, 20, 20)]))
+    result = client.segment(clip.path, SvorPrompt(boxes=[(0.1, 0.3, 0.2, 0.3)]))
     assert result.video_url.startswith(keyed_url)
 
 
@@ -326,7 +326,7 @@ def test_clip_over_3_s_is_refused(svor_url: str, fake: FakeTime, tmp_path: Path)
     long = make_clip(tmp_path / "long.mp4", frames=40)
     client = client_for(svor_url, fake)
     with pytest.raises(UpstreamBadRequest, match="at most 3 s"):
-        client.segment(long.path, SvorPrompt(boxes=[(10, 20, 20, 20)]))
+        client.segment(long.path, SvorPrompt(boxes=[(0.1, 0.3, 0.2, 0.3)]))
 
 
 # --------------------------------------------------------------------------- 413: compress harder

@@ -59,7 +59,7 @@ def test_not_a_video_is_a_400(url: str) -> None:
     answer = httpx.post(
         f"{url}{SEG_PATH}",
         files={"input_video": ("v.mp4", b"not a video", "video/mp4")},
-        data={"frame_index": "0", "bounding_boxes": "[[1, 1, 5, 5]]"},
+        data={"frame_index": "0", "bounding_boxes": "[[0.1, 0.1, 0.5, 0.5]]"},
     )
     assert answer.status_code == 400 and "not a readable video" in answer.json()["message"]
 

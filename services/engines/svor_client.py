@@ -39,25 +39,31 @@ ERASE_PATH = f"{API_ROOT}/mieraser"
 RETRIED_STATUS = frozenset({429, 502, 503, 504})
 JSON_MAX_BYTES = 4 * 1024 * 1024
 DOWNLOAD_MAX_BYTES = 1024 * 1024 * 1024
-POLL_FIRST_S = 0.5
-POLL_MAX_S = 5.0
+POLL_FIRST_S = 0.25
 POLL_GROWTH = 1.5
+POLL_MAX_S = 5.0
+POLL_DUE_S = 0.1
+"""The interval once a task is about due; it grows again by ``POLL_DUE_GROWTH``."""
+POLL_DUE_GROWTH = 1.3
+POLL_LEAD = 0.9
+"""The first look at a task comes at this share of the time its kind was last seen running."""
 _TIMEOUT_CAUSES = {httpx.ConnectTimeout: "connect", httpx.ReadTimeout: "read_timeout"}
 
 
 @dataclass(frozen=True)
 class SvorPrompt:
-    """A prompt in SVOR's terms: absolute pixels of the uploaded video."""
+    """A prompt as SVOR defines it: coordinates normalised to 0~1 of the frame."""
 
     frame_index: int = 0
     text: str | None = None
     remove_prompt: str | None = None
-    points: list[tuple[int, int]] = field(default_factory=list)
+    points: list[tuple[float, float]] = field(default_factory=list)
     point_labels: list[int] = field(default_factory=list)
-    boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
+    boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
     """[x, y, w, h], top-left corner."""
 
     def form(self) -> dict[str, str]:
+        """The form fields of ``sam3_prompt_seg``: coordinates and labels as JSON lists."""
         data = {"frame_index": str(self.frame_index)}
         if self.text:
             data["text"] = self.text
@@ -70,6 +76,30 @@ class SvorPrompt:
             data["bounding_boxes"] = json.dumps([list(b) for b in self.boxes])
             data["bounding_box_labels"] = json.dumps([1] * len(self.boxes))
         return data
+
+
+class PollSchedule:
+    """When to look at a task again: soon after it ends, seldom before.
+
+    With nothing known, the intervals start at ``POLL_FIRST_S`` and grow by
+    ``POLL_GROWTH`` up to ``POLL_MAX_S``. Once a task of the same kind has been
+    seen running for ``due_s`` before it ended, the first look comes at
+    ``POLL_LEAD`` of that, then every ``POLL_DUE_S``, growing by
+    ``POLL_DUE_GROWTH``: a task as long as the last is noticed within about a
+    tenth of a second, with three or four looks in all.
+    """
+
+    def __init__(self, due_s: float | None) -> None:
+        self.due_s = due_s
+        self.delay = POLL_FIRST_S if due_s is None else POLL_DUE_S
+
+    def next_delay(self, elapsed: float) -> float:
+        if self.due_s is not None and elapsed < POLL_LEAD * self.due_s - POLL_DUE_S:
+            return POLL_LEAD * self.due_s - elapsed
+        delay = self.delay
+        growth = POLL_GROWTH if self.due_s is None else POLL_DUE_GROWTH
+        self.delay = min(POLL_MAX_S, self.delay * growth)
+        return delay
 
 
 @dataclass(frozen=True)
@@ -175,6 +205,8 @@ class SvorClient:
             "slept_s": 0.0,
             "limiter_wait_s": 0.0,
         }
+        self.due_s: dict[str, float] = {}
+        """Per endpoint, how long its tasks were last seen running: where polling starts."""
 
     def segment(
         self, video: Path, prompt: SvorPrompt, progress: Progress = no_progress
@@ -210,10 +242,12 @@ class SvorClient:
     def wait(self, path: str, task_id: str, progress: Progress = no_progress) -> SvorResult:
         """Poll ``{path}/status/{task_id}`` until it ends or ``poll_deadline_s`` passes."""
         start = self.clock()
-        delay = POLL_FIRST_S
+        schedule = PollSchedule(self.due_s.get(path))
+        running_for = 0.0
         malformed = 0
         status = "unknown"
         while True:
+            looked = self.clock() - start
             reply = self.request("GET", f"{path}/status/{task_id}")
             body = _json(reply)
             if not isinstance(body, dict):
@@ -228,10 +262,12 @@ class SvorClient:
                 malformed = 0
                 status = str(body.get("status", "unknown")).lower()
                 if status in {"completed", "success", "succeeded"}:
+                    self._learn(path, running_for)
                     return self._completed(task_id, body)
                 if status in {"failed", "error"}:
                     reason = body.get("error_message") or _message(reply.content)
                     raise UpstreamFailed(f"SVOR task {task_id} failed: {reason}")
+                running_for = looked
             elapsed = self.clock() - start
             progress(min(0.95, elapsed / (elapsed + 20.0)))
             remaining = self.poll_deadline_s - elapsed
@@ -240,8 +276,14 @@ class SvorClient:
                     f"SVOR task {task_id} did not finish within {self.poll_deadline_s:g} s "
                     f"(last status: {status})"
                 )
-            self._sleep(min(delay, remaining))
-            delay = min(POLL_MAX_S, delay * POLL_GROWTH)
+            self._sleep(min(schedule.next_delay(elapsed), remaining))
+
+    def _learn(self, path: str, running_for: float) -> None:
+        """Remember how long a task of ``path`` ran: shorter at once, longer by halves."""
+        known = self.due_s.get(path)
+        self.due_s[path] = (
+            running_for if known is None else min(running_for, (known + running_for) / 2)
+        )
 
     def download(self, url: str, dest: Path, *, max_bytes: int = DOWNLOAD_MAX_BYTES) -> Path:
         """Fetch a result URL (relative ones resolve against the base URL) to ``dest``."""
