@@ -280,8 +280,9 @@ def targets_from_args(args: argparse.Namespace) -> dict[str, list[int]]:
 def spec_from_args(args: argparse.Namespace, size: tuple[int, int] | None) -> dict[str, Any]:
     """Turn the reference CLI's flags into a job spec (pixel coordinates are normalised).
 
-    Without ``--engine``, a class prompted by text alone goes to the svor engine,
-    the only one that reads text (as the reference CLI, an SVOR client, does).
+    Without ``--engine``, classes with a text prompt go to the svor engine, the
+    only one that reads text (the reference CLI is an SVOR client); others to the
+    service's default.
     """
     classes: dict[str, dict[str, Any]] = {}
 
@@ -313,8 +314,7 @@ def spec_from_args(args: argparse.Namespace, size: tuple[int, int] | None) -> di
         entry.setdefault("point_labels", []).append(0 if flag.strip() == "0" else 1)
     targets = targets_from_args(args)
     spec: dict[str, Any] = {"mode": "segment" if args.segment else "remove"}
-    text_only = any("text" in c and not ({"boxes", "points"} & c.keys()) for c in classes.values())
-    if args.engine or text_only:
+    if args.engine or any("text" in c for c in classes.values()):
         spec["engine"] = args.engine or "svor"
     if args.dilation is not None:
         spec["options"] = {"mask_dilation": args.dilation}
@@ -396,9 +396,10 @@ class SegmentCache:
         state = json.loads(self.index.read_text()) if self.index.exists() else {}
         if state.get("video") != str(self.video.resolve()):
             state = {"video": str(self.video.resolve()), "segments": {}}
-        for index, (label, segment) in enumerate(job["segments"].items()):
-            suffix = "" if index == 0 else f"_{label}"
-            client.download(job["result"][f"mask_url{suffix}"], self.mask(label))
+        for label, segment in job["segments"].items():
+            # The first class's files have no suffix; every other class's end in _<label>.
+            url = job["result"].get(f"mask_url_{label}") or job["result"]["mask_url"]
+            client.download(url, self.mask(label))
             state["segments"][label] = {**segment, "engine": job["engine"], "job": job["id"]}
         self.index.write_text(json.dumps(state, indent=1))
 

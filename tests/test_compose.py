@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from services.compose import Blend, composite, pad_even
+from services.compose import Blend, _bgr_frames, _planar_frames, composite, pad_even
 from services.errors import VorError
 from services.media import probe, read_frames, run_ffmpeg, write_video
 from services.synthetic import SyntheticClip, make_clip
@@ -133,6 +133,22 @@ def test_blend_scales_with_the_working_size() -> None:
     blend = Blend.for_scale(dilation=4, feather=2, scale=2.5)
     assert (blend.grow, blend.ramp) == (10, 5)
     assert Blend.for_scale(dilation=1, feather=5, scale=1.0).ramp == 1
+
+
+def test_planar_blend_matches_the_bgr_one(clip: SyntheticClip, working: tuple[Path, Path]) -> None:
+    """The yuv420p path (even sizes) gives the picture the BGR path gives, frame by frame."""
+    erased, mask = working
+    blend = Blend.for_scale(dilation=2, feather=2, scale=2.0)
+    size = (FULL_W, FULL_H)
+    planar = _planar_frames(clip.path, erased, mask, 0, blend, size)
+    bgr = _bgr_frames(clip.path, erased, mask, 0, blend, size)
+    for index, (yuv, expected) in enumerate(zip(planar, bgr, strict=True)):
+        got = cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR_I420).astype(np.int16)
+        reference = cv2.cvtColor(
+            cv2.cvtColor(expected, cv2.COLOR_BGR2YUV_I420), cv2.COLOR_YUV2BGR_I420
+        ).astype(np.int16)
+        assert np.abs(got - reference).mean() < 1.5, index
+        assert np.abs(got - reference).max() < 40, index
 
 
 def test_pad_even() -> None:

@@ -298,28 +298,16 @@ def _id_mask(
     raw: Path, dest: Path, size: tuple[int, int], fps: float, frames: int, ids: list[int]
 ) -> Path:
     """The upstream's object-id mask as vor keeps masks (gray8 FFV1, the working copy's size
-    and length, known ids only): the downloaded file itself when it is that already."""
-    if _is_clean_id_mask(raw, size, frames, ids):
+    and length): the downloaded file itself when it is that already, else re-encoded with
+    every value taken to the nearest known id (a lossy codec blurs them)."""
+    lossless = raw.suffix == ".mkv" and video_format(raw) == ("ffv1", "gray", *size)
+    if lossless and video_size(raw)[3] == frames:
         return raw
     lut = _id_lut(ids)
     with VideoWriter(dest, size[0], size[1], fps, codec="ffv1") as writer:
         for image in _conformed_frames(raw, size, frames, "gray", cv2.INTER_NEAREST):
             writer.write(cv2.LUT(image, lut))
     return dest
-
-
-def _is_clean_id_mask(path: Path, size: tuple[int, int], frames: int, ids: list[int]) -> bool:
-    """Lossless gray8 FFV1 in Matroska at ``size`` with ``frames`` frames, holding no value
-    but 0 and ``ids`` (any value when no ids are known)?"""
-    if path.suffix != ".mkv" or video_format(path) != ("ffv1", "gray", *size):
-        return False
-    allowed = np.ones(256, bool) if not ids else np.isin(np.arange(256), [0, *ids])
-    count = 0
-    for image in read_frames(path, "gray"):
-        count += 1
-        if count > frames or not allowed[np.bincount(image.ravel(), minlength=256) > 0].all():
-            return False
-    return count == frames
 
 
 def _objects_from_mask(mask: Path, frame_index: int) -> list[FoundObject]:
@@ -366,7 +354,7 @@ def _encode_upload_mask(
 ) -> int:
     """The 0/255 mask as lossless gray H.264 (binary masks compress well); frames written."""
     width, height = size
-    with VideoWriter(dest, width, height, fps, pix_fmt="gray", crf=0, preset="veryfast") as writer:
+    with VideoWriter(dest, width, height, fps, pix_fmt="gray", crf=0, preset="superfast") as writer:
         for hole in holes:
             writer.write(hole)
     return writer.frames

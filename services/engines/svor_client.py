@@ -42,10 +42,9 @@ DOWNLOAD_MAX_BYTES = 1024 * 1024 * 1024
 POLL_FIRST_S = 0.25
 POLL_GROWTH = 1.5
 POLL_MAX_S = 5.0
-POLL_DUE_S = 0.1
-"""The interval once a task is about due; it grows again by ``POLL_DUE_GROWTH``."""
-POLL_DUE_GROWTH = 1.3
-POLL_LEAD = 0.9
+POLL_DUE_S = 0.05
+"""The first interval once a task is about due; it grows again by ``POLL_GROWTH``."""
+POLL_LEAD = 0.95
 """The first look at a task comes at this share of the time its kind was last seen running."""
 _TIMEOUT_CAUSES = {httpx.ConnectTimeout: "connect", httpx.ReadTimeout: "read_timeout"}
 
@@ -81,12 +80,13 @@ class SvorPrompt:
 class PollSchedule:
     """When to look at a task again: soon after it ends, seldom before.
 
-    With nothing known, the intervals start at ``POLL_FIRST_S`` and grow by
-    ``POLL_GROWTH`` up to ``POLL_MAX_S``. Once a task of the same kind has been
-    seen running for ``due_s`` before it ended, the first look comes at
-    ``POLL_LEAD`` of that, then every ``POLL_DUE_S``, growing by
-    ``POLL_DUE_GROWTH``: a task as long as the last is noticed within about a
-    tenth of a second, with three or four looks in all.
+    With nothing known, the first look comes after ``POLL_FIRST_S`` and the
+    intervals grow by ``POLL_GROWTH`` up to ``POLL_MAX_S``. Once a task of the
+    same kind was last seen running ``due_s`` seconds after it started, the
+    first look comes at ``POLL_LEAD`` of that and the intervals start again from
+    ``POLL_DUE_S``: a task as long as the last is noticed within about a tenth
+    of a second, with three or four looks in all, and one that runs longer is
+    looked at less and less often.
     """
 
     def __init__(self, due_s: float | None) -> None:
@@ -97,8 +97,7 @@ class PollSchedule:
         if self.due_s is not None and elapsed < POLL_LEAD * self.due_s - POLL_DUE_S:
             return POLL_LEAD * self.due_s - elapsed
         delay = self.delay
-        growth = POLL_GROWTH if self.due_s is None else POLL_DUE_GROWTH
-        self.delay = min(POLL_MAX_S, self.delay * growth)
+        self.delay = min(POLL_MAX_S, self.delay * POLL_GROWTH)
         return delay
 
 
@@ -206,7 +205,7 @@ class SvorClient:
             "limiter_wait_s": 0.0,
         }
         self.due_s: dict[str, float] = {}
-        """Per endpoint, how long its tasks were last seen running: where polling starts."""
+        """Per endpoint, how long its last task was seen running: where polling starts."""
 
     def segment(
         self, video: Path, prompt: SvorPrompt, progress: Progress = no_progress
@@ -247,6 +246,9 @@ class SvorClient:
         malformed = 0
         status = "unknown"
         while True:
+            elapsed = self.clock() - start
+            remaining = max(0.0, self.poll_deadline_s - elapsed)
+            self._sleep(min(schedule.next_delay(elapsed), remaining))
             looked = self.clock() - start
             reply = self.request("GET", f"{path}/status/{task_id}")
             body = _json(reply)
@@ -262,7 +264,7 @@ class SvorClient:
                 malformed = 0
                 status = str(body.get("status", "unknown")).lower()
                 if status in {"completed", "success", "succeeded"}:
-                    self._learn(path, running_for)
+                    self.due_s[path] = running_for
                     return self._completed(task_id, body)
                 if status in {"failed", "error"}:
                     reason = body.get("error_message") or _message(reply.content)
@@ -270,20 +272,11 @@ class SvorClient:
                 running_for = looked
             elapsed = self.clock() - start
             progress(min(0.95, elapsed / (elapsed + 20.0)))
-            remaining = self.poll_deadline_s - elapsed
-            if remaining <= 0:
+            if elapsed >= self.poll_deadline_s:
                 raise UpstreamTimeout(
                     f"SVOR task {task_id} did not finish within {self.poll_deadline_s:g} s "
                     f"(last status: {status})"
                 )
-            self._sleep(min(schedule.next_delay(elapsed), remaining))
-
-    def _learn(self, path: str, running_for: float) -> None:
-        """Remember how long a task of ``path`` ran: shorter at once, longer by halves."""
-        known = self.due_s.get(path)
-        self.due_s[path] = (
-            running_for if known is None else min(running_for, (known + running_for) / 2)
-        )
 
     def download(self, url: str, dest: Path, *, max_bytes: int = DOWNLOAD_MAX_BYTES) -> Path:
         """Fetch a result URL (relative ones resolve against the base URL) to ``dest``."""
