@@ -375,6 +375,7 @@ class VideoWriter:
         pix_fmt: str | None = None,
         crf: int = 18,
         preset: str = "veryfast",
+        x264_params: str | None = None,
     ) -> None:
         self.path = Path(path)
         self._container = av.open(str(path), mode="w")
@@ -392,6 +393,8 @@ class VideoWriter:
         else:
             self._stream.pix_fmt = pix_fmt or "yuv420p"
             self._stream.options = {"crf": str(crf), "preset": preset}
+            if x264_params:
+                self._stream.options |= {"x264-params": x264_params}
             self._input_format = "gray" if self._stream.pix_fmt == "gray" else "bgr24"
         self.frames = 0
 

@@ -135,10 +135,19 @@ def test_blend_scales_with_the_working_size() -> None:
     assert Blend.for_scale(dilation=1, feather=5, scale=1.0).ramp == 1
 
 
-def test_planar_blend_matches_the_bgr_one(clip: SyntheticClip, working: tuple[Path, Path]) -> None:
-    """The yuv420p path (even sizes) gives the picture the BGR path gives, frame by frame."""
+@pytest.mark.parametrize("scale", [2, 1])
+def test_planar_blend_matches_the_bgr_one(
+    clip: SyntheticClip, working: tuple[Path, Path], tmp_path: Path, scale: int
+) -> None:
+    """The yuv420p path (even sizes) gives the picture the BGR path gives, frame by frame,
+    with the working copy smaller than the original or as large."""
     erased, mask = working
-    blend = Blend.for_scale(dilation=2, feather=2, scale=2.0)
+    if scale == 1:
+        grey = np.full((FULL_H, FULL_W, 3), GREY, np.uint8)
+        erased = write_video(tmp_path / "e.mp4", [grey] * N, clip.fps)
+        binary = [(m > 0).astype(np.uint8) * 255 for m in clip.masks]
+        mask = write_video(tmp_path / "m.mkv", binary, clip.fps, codec="ffv1")
+    blend = Blend.for_scale(dilation=2, feather=2, scale=float(scale))
     size = (FULL_W, FULL_H)
     planar = _planar_frames(clip.path, erased, mask, 0, blend, size)
     bgr = _bgr_frames(clip.path, erased, mask, 0, blend, size)
@@ -147,8 +156,11 @@ def test_planar_blend_matches_the_bgr_one(clip: SyntheticClip, working: tuple[Pa
         reference = cv2.cvtColor(
             cv2.cvtColor(expected, cv2.COLOR_BGR2YUV_I420), cv2.COLOR_YUV2BGR_I420
         ).astype(np.int16)
-        assert np.abs(got - reference).mean() < 1.5, index
-        assert np.abs(got - reference).max() < 40, index
+        difference = np.abs(got - reference)
+        assert difference.mean() < 1.5, index
+        # Chroma is blended per 2x2 block with the block's mean alpha: at the feather's edge,
+        # where the original's colour changes within a block, a few pixels differ.
+        assert (difference.max(axis=2) > 20).mean() < 0.01, index
 
 
 def test_pad_even() -> None:
