@@ -43,9 +43,9 @@ POLL_FIRST_S = 0.25
 POLL_GROWTH = 1.5
 POLL_MAX_S = 5.0
 POLL_DUE_S = 0.05
-"""The first interval once a task is about due; it grows again by ``POLL_GROWTH``."""
-POLL_LEAD = 0.95
-"""The first look at a task comes at this share of the time its kind was last seen running."""
+POLL_DUE_SHARE = 0.02
+"""Near a task's due time the first interval is this share of it, and at least ``POLL_DUE_S``."""
+POLL_DUE_GROWTH = 1.25
 _TIMEOUT_CAUSES = {httpx.ConnectTimeout: "connect", httpx.ReadTimeout: "read_timeout"}
 
 
@@ -81,23 +81,27 @@ class PollSchedule:
     """When to look at a task again: soon after it ends, seldom before.
 
     With nothing known, the first look comes after ``POLL_FIRST_S`` and the
-    intervals grow by ``POLL_GROWTH`` up to ``POLL_MAX_S``. Once a task of the
-    same kind was last seen running ``due_s`` seconds after it started, the
-    first look comes at ``POLL_LEAD`` of that and the intervals start again from
-    ``POLL_DUE_S``: a task as long as the last is noticed within about a tenth
-    of a second, with three or four looks in all, and one that runs longer is
-    looked at less and less often.
+    intervals grow by ``POLL_GROWTH`` up to ``POLL_MAX_S``. Once the last task
+    of the same kind was seen running ``due_s`` seconds after it started, the
+    intervals near that time start at ``step`` (2% of it, at least
+    ``POLL_DUE_S``) and grow by ``POLL_DUE_GROWTH``, and the first look comes
+    two steps before it: a task as long as the last is noticed within a step or
+    two, with three or four looks in all, and one that runs longer is looked at
+    less and less often.
     """
 
     def __init__(self, due_s: float | None) -> None:
-        self.due_s = due_s
-        self.delay = POLL_FIRST_S if due_s is None else POLL_DUE_S
+        if due_s is None:
+            self.first, self.delay, self.growth = None, POLL_FIRST_S, POLL_GROWTH
+        else:
+            step = max(POLL_DUE_S, POLL_DUE_SHARE * due_s)
+            self.first, self.delay, self.growth = max(0.0, due_s - 2 * step), step, POLL_DUE_GROWTH
 
     def next_delay(self, elapsed: float) -> float:
-        if self.due_s is not None and elapsed < POLL_LEAD * self.due_s - POLL_DUE_S:
-            return POLL_LEAD * self.due_s - elapsed
+        if self.first is not None and elapsed < self.first:
+            return self.first - elapsed
         delay = self.delay
-        self.delay = min(POLL_MAX_S, self.delay * POLL_GROWTH)
+        self.delay = min(POLL_MAX_S, self.delay * self.growth)
         return delay
 
 
