@@ -495,6 +495,43 @@ def profile(folder: Path, upstream: str, clip: tuple[str, Path, list[float]]) ->
     print(f"{'total':<28} {sum(r[1] for r in rows):7.3f} {sum(r[2] for r in rows):7.3f}")
 
 
+ENCODES = {
+    "veryfast": None,
+    "veryfast, me=dia, intra-only partitions": "me=dia:partitions=i8x8,i4x4",
+    "veryfast, + subme=1 (vor's result)": "me=dia:partitions=i8x8,i4x4:subme=1",
+    "superfast": "superfast",
+}
+
+
+def encode_settings(clips: list[tuple[str, Path, list[float]]], folder: Path) -> None:
+    """The result's encode (CRF 17) with each setting: CPU, bytes, PSNR against the input."""
+    import numpy as np
+
+    print("\nthe result's H.264 encode at CRF 17, each setting (CPU best of 2; PSNR of the")
+    print("re-encode against the decoded input)")
+    print(f"{'clip':<24} {'setting':<42} {'CPU s':>6} {'bytes':>8} {'PSNR dB':>8}")
+    for name, video, _ in clips:
+        frames = list(media.read_frames(video, "yuv420p"))
+        height, width = frames[0].shape[0] * 2 // 3, frames[0].shape[1]
+        fps = media.video_size(video)[2]
+        for label, setting in ENCODES.items():
+            out, best = folder / "encode.mp4", float("inf")
+            for _ in range(2):
+                preset = setting if setting == "superfast" else "veryfast"
+                params = None if setting in (None, "superfast") else setting
+                cpu0 = time.process_time()
+                with media.VideoWriter(
+                    out, width, height, fps, crf=17, preset=preset, x264_params=params
+                ) as writer:
+                    for frame in frames:
+                        writer.write(frame, "yuv420p")
+                best = min(best, time.process_time() - cpu0)
+            pairs = zip(frames, media.read_frames(out, "yuv420p"), strict=True)
+            mse = np.mean([np.mean((a.astype(float) - b) ** 2) for a, b in pairs])
+            psnr = 10 * np.log10(255**2 / mse)
+            print(f"{name:<24} {label:<42} {best:6.3f} {out.stat().st_size:8d} {psnr:8.2f}")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -534,6 +571,7 @@ def main() -> None:
         print_report(rows, args)
         if args.profile and clips:
             profile(folder, upstream, clips[0])
+            encode_settings(clips, folder)
     finally:
         upstream_proc.terminate()
         upstream_proc.wait(10)
