@@ -192,24 +192,20 @@ def _planar_frames(
 
 
 def _split_yuv420p(packed: np.ndarray) -> list[np.ndarray]:
-    """PyAV's yuv420p array (Y, then U and V as rows of full width) as three planes."""
+    """PyAV's yuv420p array (the Y, U and V planes one after the other, in rows of the
+    frame's width) as three planes; views, not copies."""
     height, width = packed.shape[0] * 2 // 3, packed.shape[1]
-    quarter = height // 4
-    chroma = (height // 2, width // 2)
+    flat = packed.reshape(-1)
+    luma, chroma = height * width, (height // 2) * (width // 2)
     return [
-        packed[:height],
-        packed[height : height + quarter].reshape(chroma),
-        packed[height + quarter :].reshape(chroma),
+        flat[:luma].reshape(height, width),
+        flat[luma : luma + chroma].reshape(height // 2, width // 2),
+        flat[luma + chroma :].reshape(height // 2, width // 2),
     ]
 
 
 def _join_yuv420p(planes: list[np.ndarray], width: int, height: int) -> np.ndarray:
-    packed = np.empty((height * 3 // 2, width), np.uint8)
-    quarter = height // 4
-    packed[:height] = planes[0]
-    packed[height : height + quarter] = planes[1].reshape(quarter, width)
-    packed[height + quarter :] = planes[2].reshape(quarter, width)
-    return packed
+    return np.concatenate([p.reshape(-1) for p in planes]).reshape(height * 3 // 2, width)
 
 
 def _blend_planes(

@@ -103,6 +103,18 @@ def test_longer_mask_and_odd_size_without_audio(tmp_path: Path) -> None:
     assert abs(result[0, 10, 10].mean() - 40) < 6
 
 
+def test_half_height_odd_planes(tmp_path: Path) -> None:
+    """yuv420p with an odd number of chroma rows (a 70-row frame, a 34-row working copy)."""
+    original = write_video(tmp_path / "o.mp4", [np.full((70, 96, 3), 60, np.uint8)] * 3, 10)
+    erased = write_video(tmp_path / "e.mp4", [np.full((34, 48, 3), 220, np.uint8)] * 3, 10)
+    small = np.zeros((34, 48), np.uint8)
+    small[10:24, 10:30] = 255
+    mask = write_video(tmp_path / "m.mkv", [small] * 3, 10, codec="ffv1")
+    result = stack(composite(original, erased, mask, tmp_path / "out.mp4", dilation=0))
+    assert result.shape == (3, 70, 96, 3)
+    assert abs(result[1, 34, 40].mean() - 220) < 8 and abs(result[1, 5, 90].mean() - 60) < 8
+
+
 def test_rotation_is_kept(tmp_path: Path) -> None:
     source = make_clip(tmp_path / "c.mp4", width=64, height=48, frames=4)
     rotated = tmp_path / "rotated.mp4"
