@@ -1,7 +1,7 @@
 """vor's svor path beside the reference CLI's documented workflow, on the same clips in one run.
 
     python bench/vs_reference.py [--clips synthetic,running-car] [--latency 2] [--jobs 6]
-                                 [--repeat 3] [--profile]
+                                 [--repeat 3] [--workers 1,2] [--profile]
 
 The upstream is ``vor svor-server --engine boxes --task-latency-s LATENCY`` (a
 real process): each task takes LATENCY seconds, segmentation returns the
@@ -17,7 +17,9 @@ remove one class prompted by one box from 3 s clips of 640x360.
   ffmpeg is imageio-ffmpeg's static binary. Its CPU is this process's own
   (HTTP, polling) plus every ffmpeg child's.
 - **vor**: ``vor serve`` (embedded Redis, API, a prefork CPU worker, a threaded
-  I/O worker) with the svor engine; a job is submit, wait for ``succeeded``,
+  I/O worker) with the svor engine, once per ``--workers`` setting (the CPU
+  pool's processes; by default ``vor serve``'s own, cores - 1, and one per
+  core); a job is submit, wait for ``succeeded``,
   download the full-resolution result. Its CPU is that of every vor process
   (``vor serve``, API, workers and their children; Redis apart), read from
   ``/proc``. One job runs first to warm the worker pools and is not counted.
@@ -65,6 +67,8 @@ API = "/customize/xiaomi-ev/video_obj_removal/customize/v1/videos"
 SEG, ERASE = f"{API}/sam3_prompt_seg", f"{API}/mieraser"
 GATEWAY_BYTES = 1000 * 1024
 REFERENCE_POLL_S = 3.0
+DEFAULT_WORKERS = (max(1, (os.cpu_count() or 2) - 1), os.cpu_count() or 1)
+"""``vor serve``'s default CPU pool (cores - 1), and one process per core."""
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -237,6 +241,7 @@ def _poll(http: httpx.Client, path: str, task_id: str) -> dict[str, Any]:
 def vor_serve(
     folder: Path, upstream: str, workers: int | None = None
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VOR_", "SVOR_"))}
     env |= {
@@ -321,109 +326,117 @@ def upstream_floor(upstream: str) -> float | None:
     return sum(statistics.mean(v) for v in by_kind.values())
 
 
-def measure_clip(
-    folder: Path,
+def measure(
+    run: Callable[[str], Callable[[int], Any]],
+    cpu: Callable[[], float],
     upstream: str,
-    vor_url: str,
-    vor_pid: int,
-    clip: tuple[str, Path, list[float]],
     args: argparse.Namespace,
 ) -> dict[str, Any]:
+    """``--repeat`` single jobs, then ``--jobs`` at once: wall, CPU per job, the floor."""
+    singles, floors = [], []
+    for r in range(args.repeat):
+        httpx.delete(f"{upstream}/_stats")
+        singles.append(timed(1, run(f"one{r}-"), cpu))
+        floors.append(upstream_floor(upstream))
+    httpx.delete(f"{upstream}/_stats")
+    many = timed(args.jobs, run("many-"), cpu)
+    known = [f for f in floors if f is not None]
+    return {
+        "one": statistics.median(s["wall"] for s in singles),
+        "ones": [s["wall"] for s in singles],
+        "cpu_one": statistics.median(s["cpu"] for s in singles),
+        "many": many["wall"],
+        "cpu_many": many["cpu"],
+        "floor_one": statistics.median(known) if known else None,
+        "floor_many": upstream_floor(upstream),
+        "singles": singles,
+    }
+
+
+def measure_clip(
+    folder: Path, upstream: str, clip: tuple[str, Path, list[float]], args: argparse.Namespace
+) -> dict[str, Any]:
+    """The reference, then vor under each ``--workers`` setting, on one clip."""
     name, video, box = clip
-    out: dict[str, Any] = {"name": name, "bytes": video.stat().st_size}
-    vor_cpu = lambda: tree_cpu_s(vor_pid)  # noqa: E731
+    out: dict[str, Any] = {"name": name, "bytes": video.stat().st_size, "vor": {}}
 
     def ref(tag: str) -> Callable[[int], Path]:
         return lambda i: reference_job(upstream, video, box, folder / f"ref-{name[:5]}-{tag}{i}")
 
-    def ours(tag: str) -> Callable[[int], dict[str, Any]]:
-        return lambda i: vor_job(vor_url, video, box, folder / f"vor-{name[:5]}-{tag}{i}")
+    out["reference"] = measure(ref, own_cpu_s, upstream, args)
+    for workers in args.workers:
+        with vor_serve(folder / f"serve-{name[:5]}-{workers}", upstream, workers) as (url, proc):
+            vor_cpu = lambda: tree_cpu_s(proc.pid)  # noqa: E731
 
-    timed(1, ours("warm"), vor_cpu)
-    roles0 = tree_cpu(vor_pid)
-    for side, make, cpu in (("reference", ref, own_cpu_s), ("vor", ours, vor_cpu)):
-        singles, floors = [], []
-        for r in range(args.repeat):
-            httpx.delete(f"{upstream}/_stats")
-            singles.append(timed(1, make(f"one{r}-"), cpu))
-            floors.append(upstream_floor(upstream))
-        httpx.delete(f"{upstream}/_stats")
-        many = timed(args.jobs, make("many-"), cpu)
-        out[side] = {
-            "one": statistics.median(s["wall"] for s in singles),
-            "ones": [s["wall"] for s in singles],
-            "cpu_one": statistics.median(s["cpu"] for s in singles),
-            "many": many["wall"],
-            "cpu_many": many["cpu"],
-            "floor_one": None if None in floors else statistics.median(floors),  # type: ignore[type-var]
-            "floor_many": upstream_floor(upstream),
-        }
-        if side == "vor":
-            out["timings"] = [s["results"][0]["timings"] for s in singles]
-            roles1 = tree_cpu(vor_pid)
-            count = args.repeat + args.jobs
-            out["roles"] = {k: (roles1[k] - roles0.get(k, 0.0)) / count for k in roles1}
+            def ours(tag: str, url: str = url) -> Callable[[int], dict[str, Any]]:
+                return lambda i: vor_job(url, video, box, folder / f"vor-{name[:5]}-{tag}{i}")
+
+            timed(1, ours("warm"), vor_cpu)
+            roles0 = tree_cpu(proc.pid)
+            result = measure(ours, vor_cpu, upstream, args)
+            roles1 = tree_cpu(proc.pid)
+        count = args.repeat + args.jobs
+        result["roles"] = {k: (roles1[k] - roles0.get(k, 0.0)) / count for k in roles1}
+        result["timings"] = [s["results"][0]["timings"] for s in result["singles"]]
+        out["vor"][workers] = result
     return out
 
 
 def print_report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(
-        f"vor serve --workers {args.workers or 'default'}; "
         f"upstream: vor svor-server --engine boxes --task-latency-s {args.latency:g}; "
         f"one job = median of {args.repeat}; {args.jobs} jobs at once = one run"
     )
     for row in rows:
         print(f"\n{row['name']} ({row['bytes'] / 1024:.0f} KB), one class prompted by a box")
         head = (
-            f"{'':<34} {'one job s':>10} {f'{args.jobs} at once s':>13} {'ratio':>6} "
+            f"{'':<38} {'one job s':>10} {f'{args.jobs} at once s':>13} {'ratio':>6} "
             f"{'CPU/job s':>10} {'CPU/job s':>10}"
         )
+        print(head)
         print(
-            head + "\n" + f"{'':<34} {'(wall)':>10} {'(wall)':>13} {'':>6} {'(one)':>10} "
+            f"{'':<38} {'(wall)':>10} {'(wall)':>13} {'':>6} {'(one)':>10} "
             f"{f'({args.jobs} at once)':>10}"
         )
         print("-" * len(head))
-        floor = row["vor"]["floor_one"]
+        first = next(iter(row["vor"].values()))
+        floor = first["floor_one"]
         if floor is not None:
+            many_floor = first["floor_many"] or float("nan")
+            print(f"{'upstream floor (task time per job)':<38} {floor:10.2f} {many_floor:13.2f}")
+        sides = [("reference workflow (3 s polls)", row["reference"])]
+        sides += [(f"vor (vor serve --workers {w})", v) for w, v in row["vor"].items()]
+        for label, s in sides:
             print(
-                f"{'upstream floor (task time per job)':<34} {floor:10.2f} "
-                f"{row['vor']['floor_many'] or float('nan'):13.2f}"
-            )
-        for side, label in (
-            ("reference", "reference workflow (3 s polls)"),
-            ("vor", "vor (vor serve, svor engine)"),
-        ):
-            s = row[side]
-            print(
-                f"{label:<34} {s['one']:10.2f} {s['many']:13.2f} {s['many'] / s['one']:6.2f} "
+                f"{label:<38} {s['one']:10.2f} {s['many']:13.2f} {s['many'] / s['one']:6.2f} "
                 f"{s['cpu_one']:10.2f} {s['cpu_many']:10.2f}"
             )
-        v, r = row["vor"], row["reference"]
-        print(f"single runs, wall s: reference {_fmt(r['ones'])}; vor {_fmt(v['ones'])}")
+        r = row["reference"]
+        print(f"reference: single runs, wall s: {_fmt(r['ones'])}")
         stages = ("compress", "segment", "mask_convert", "merge", "erase", "publish")
-        means = {s: statistics.mean(t.get(s, 0.0) for t in row["timings"]) for s in stages}
-        print(
-            "vor stage seconds (mean of the single jobs): "
-            + ", ".join(f"{s} {v:.2f}" for s, v in means.items())
-        )
-        print(
-            "vor CPU per job by process, s: "
-            + ", ".join(f"{k} {v:.2f}" for k, v in sorted(row["roles"].items()))
-        )
-        verdicts = []
-        if floor is not None:
+        for workers, v in row["vor"].items():
+            means = {s: statistics.mean(t.get(s, 0.0) for t in v["timings"]) for s in stages}
+            print(f"vor --workers {workers}: single runs, wall s: {_fmt(v['ones'])}")
+            print(
+                "  stage seconds (mean of the single jobs): "
+                + ", ".join(f"{s} {t:.2f}" for s, t in means.items())
+            )
+            print(
+                "  CPU per job by process, s: "
+                + ", ".join(f"{k} {t:.2f}" for k, t in sorted(v["roles"].items()))
+            )
+            verdicts = []
+            if floor is not None:
+                verdicts.append(
+                    _verdict(f"one job <= floor + 1.0 s ({floor + 1:.2f})", v["one"] <= floor + 1)
+                )
+            ratio = v["many"] / v["one"]
             verdicts.append(
-                _verdict(f"one job <= floor + 1.0 s ({floor + 1:.2f})", v["one"] <= floor + 1.0)
+                _verdict(f"{args.jobs} at once <= 1.3x one ({ratio:.2f}x)", ratio <= 1.3)
             )
-        verdicts.append(
-            _verdict(
-                f"{args.jobs} at once <= 1.3x one job ({v['many'] / v['one']:.2f}x)",
-                v["many"] <= 1.3 * v["one"],
-            )
-        )
-        ratio = v["cpu_one"] / r["cpu_one"]
-        verdicts.append(_verdict(f"CPU per job <= 2x the reference's ({ratio:.2f}x)", ratio <= 2))
-        print("targets: " + "; ".join(verdicts))
+            cpu = v["cpu_one"] / r["cpu_one"]
+            verdicts.append(_verdict(f"CPU per job <= 2x the reference's ({cpu:.2f}x)", cpu <= 2))
+            print("  targets: " + "; ".join(verdicts))
 
 
 def _fmt(values: list[float]) -> str:
@@ -543,9 +556,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument(
-        "--workers", type=int, default=None, help="vor serve --workers (default: its own)"
+        "--workers",
+        default=",".join(map(str, DEFAULT_WORKERS)),
+        help="comma-separated vor serve --workers settings, each measured in turn",
     )
     args = parser.parse_args()
+    args.workers = [int(w) for w in args.workers.split(",")]
     folder = Path(tempfile.mkdtemp(prefix="vor-vs-ref-"))
     wanted = set(args.clips.split(","))
     clips = [synthetic_clip(folder)] if "synthetic" in wanted else []
@@ -565,9 +581,8 @@ def main() -> None:
     upstream = f"http://127.0.0.1:{port}"
     rows = []
     try:
-        with vor_serve(folder, upstream, args.workers) as (vor_url, proc):
-            for clip in clips:
-                rows.append(measure_clip(folder, upstream, vor_url, proc.pid, clip, args))
+        for clip in clips:
+            rows.append(measure_clip(folder, upstream, clip, args))
         print_report(rows, args)
         if args.profile and clips:
             profile(folder, upstream, clips[0])
