@@ -24,8 +24,8 @@ from services.media import VideoWriter, open_input, read_frames, run_ffmpeg
 
 RESULT_X264_PARAMS = "me=dia:partitions=i8x8,i4x4:subme=1"
 """The result's encode: veryfast with a diamond motion search, no inter sub-partitions and
-the quickest subpixel refinement. On 640x360 footage at CRF 17 it takes about 45% less CPU
-than plain veryfast for about 10% more bytes (docs/performance.md, section 7)."""
+the quickest subpixel refinement. On 640x360 footage at CRF 17 it takes 44% less CPU than
+plain veryfast for 9% more bytes (docs/performance.md, section 7)."""
 
 
 @dataclass(frozen=True)
