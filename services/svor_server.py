@@ -478,6 +478,10 @@ def parse_text_box(value: str) -> tuple[str, Box]:
         raise argparse.ArgumentTypeError(f"expected TEXT=x,y,w,h, got {value!r}") from None
     if not sep or not text.strip():
         raise argparse.ArgumentTypeError(f"expected TEXT=x,y,w,h, got {value!r}")
+    try:
+        _text_table({text: [(x, y, w, h)]})
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text, (x, y, w, h)
 
 

@@ -227,25 +227,14 @@ def test_5_annotation_frame(clip: SyntheticClip, server: str, tmp_dir: Path) -> 
     assert np.allclose(found[1], ball_box(4, 16), atol=0.03), "ball 4 where it is on frame 16"
 
 
-def test_6_box(clip: SyntheticClip, server: str, tmp_dir: Path) -> None:
-    out = run(
-        """python scripts/video_remove.py --video "path/to/video.mp4" --segment \\
---classes "obj:cup:remove the cup" --boxes "obj:0.15,0.7,0.3,0.25\"""",
-        clip,
-        server,
-        tmp_dir,
-    )
-    found = printed_objects(out, "obj")
-    assert list(found) == [1] and np.allclose(found[1], ball_box(7, 0), atol=0.03), found
+SECTION_6 = """python scripts/video_remove.py --video "path/to/video.mp4" --segment \\
+--classes "obj:cup:remove the cup" --boxes "obj:0.15,0.7,0.3,0.25\""""
+SECTION_7 = """python scripts/video_remove.py --video "path/to/video.mp4" --segment \\
+--classes "obj:cup:remove the cup" --points "obj:0.25,0.75\""""
 
 
-def test_7_point(clip: SyntheticClip, server: str, tmp_dir: Path) -> None:
-    out = run(
-        """python scripts/video_remove.py --video "path/to/video.mp4" --segment \\
---classes "obj:cup:remove the cup" --points "obj:0.25,0.75\"""",
-        clip,
-        server,
-        tmp_dir,
-    )
-    found = printed_objects(out, "obj")
+@pytest.mark.parametrize("example", [SECTION_6, SECTION_7], ids=["6_box", "7_point"])
+def test_6_box_and_7_point(clip: SyntheticClip, server: str, tmp_dir: Path, example: str) -> None:
+    """Both prompt ball 7: section 6's box is where it sits, section 7's point is on it."""
+    found = printed_objects(run(example, clip, server, tmp_dir), "obj")
     assert list(found) == [1] and np.allclose(found[1], ball_box(7, 0), atol=0.04), found
