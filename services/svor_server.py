@@ -2,7 +2,9 @@
 
 ``vor svor-server`` runs it, so that the svor engine (and anyone integrating
 with SVOR) can be exercised without the cloud: the same endpoints, field names,
-status codes and task life cycle, plus faults on demand (429 bursts and rate
+coordinates (``points`` and ``bounding_boxes`` normalised to 0~1 as JSON lists,
+``object_boxes`` back in pixels of the upload), status codes (400 请求参数错误
+saying what is wrong) and task life cycle, plus faults on demand (429 bursts and rate
 limits with ``Retry-After``, 502/504, latency, hung requests, malformed JSON,
 tasks that fail or never finish). Faults are set at start and replaced at
 runtime with ``POST /_faults``; ``GET /_stats`` counts requests by endpoint and

@@ -120,10 +120,8 @@ class SvorEngine:
 
         def call(upload: Path) -> tuple[SvorResult, tuple[int, int]]:
             up_w, up_h, _, _ = video_size(upload)
-            return self.client.segment(upload, svor_prompt(prompt), _span(progress, 0.05, 0.85)), (
-                up_w,
-                up_h,
-            )
+            result = self.client.segment(upload, svor_prompt(prompt), _span(progress, 0.05, 0.85))
+            return result, (up_w, up_h)
 
         (result, upload_size) = self._with_shrinking(
             video, self._budget, out_dir / f"{stem}_upload", call
