@@ -115,8 +115,11 @@ def composite(
     upright = facts.rotation in (90, 270) and _closer_to_transposed(facts, work_w, work_h)
     width, height = (facts.height, facts.width) if upright else (facts.width, facts.height)
     blend = Blend.for_scale(dilation, feather, max(width / work_w, height / work_h))
-    video_only = out.with_name(f".{out.stem}.video.mp4")
     rotation = facts.rotation if upright else 0
+    display_rotation = 0 if upright else facts.rotation
+    # Without audio to copy or a rotation to declare, the encoder writes the result itself.
+    direct = not facts.audio and not display_rotation
+    video_only = out if direct else out.with_name(f".{out.stem}.video.mp4")
     planar = not (width % 2 or height % 2 or work_w % 2 or work_h % 2)
     if planar:
         frames = _planar_frames(original, erased, mask, rotation, blend, (width, height))
@@ -130,6 +133,7 @@ def composite(
             crf=crf,
             preset="veryfast",
             x264_params=RESULT_X264_PARAMS,
+            container_options={"movflags": "+faststart"},
         ) as writer:
             for index, image in enumerate(frames):
                 writer.write(image, "yuv420p" if planar else None)
@@ -137,9 +141,11 @@ def composite(
                     progress((index + 1) / facts.frames)
         if writer.frames != facts.frames:
             raise VorError(f"decoded {writer.frames} of the original's {facts.frames} frames")
-        _mux(video_only, original, out, facts, rotation=0 if upright else facts.rotation)
+        if not direct:
+            _mux(video_only, original, out, facts, rotation=display_rotation)
     finally:
-        video_only.unlink(missing_ok=True)
+        if not direct:
+            video_only.unlink(missing_ok=True)
     return out
 
 

@@ -376,9 +376,10 @@ class VideoWriter:
         crf: int = 18,
         preset: str = "veryfast",
         x264_params: str | None = None,
+        container_options: dict[str, str] | None = None,
     ) -> None:
         self.path = Path(path)
-        self._container = av.open(str(path), mode="w")
+        self._container = av.open(str(path), mode="w", options=container_options or {})
         rate = Fraction(fps).limit_denominator(1001)
         self._stream = self._container.add_stream(codec, rate=rate)
         self._stream.width = width

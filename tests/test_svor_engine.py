@@ -246,10 +246,10 @@ def test_poll_schedule_grows_and_starts_near_the_learned_time() -> None:
     delays = [fresh.next_delay(0.0) for _ in range(12)]
     assert delays[:3] == [0.25, 0.375, 0.5625] and max(delays) == 5.0
     learned = PollSchedule(2.0)
-    assert learned.next_delay(0.0) == pytest.approx(1.9)
-    assert [learned.next_delay(1.9 + e) for e in (0.0, 0.05)] == pytest.approx([0.05, 0.0625])
+    assert learned.next_delay(0.0) == pytest.approx(1.94)
+    assert [learned.next_delay(1.94 + e) for e in (0.0, 0.03)] == pytest.approx([0.03, 0.0375])
     long = PollSchedule(30.0)
-    assert long.next_delay(0.0) == pytest.approx(28.8) and long.next_delay(28.8) == 0.6
+    assert [long.next_delay(0.0), long.next_delay(29.1)] == pytest.approx([29.1, 0.45])
 
 
 def test_a_lossless_id_mask_is_kept_and_a_lossy_one_cleaned(tmp_path: Path) -> None:

@@ -42,8 +42,8 @@ DOWNLOAD_MAX_BYTES = 1024 * 1024 * 1024
 POLL_FIRST_S = 0.25
 POLL_GROWTH = 1.5
 POLL_MAX_S = 5.0
-POLL_DUE_S = 0.05
-POLL_DUE_SHARE = 0.02
+POLL_DUE_S = 0.03
+POLL_DUE_SHARE = 0.015
 """Near a task's due time the first interval is this share of it, and at least ``POLL_DUE_S``."""
 POLL_DUE_GROWTH = 1.25
 _TIMEOUT_CAUSES = {httpx.ConnectTimeout: "connect", httpx.ReadTimeout: "read_timeout"}
@@ -83,7 +83,7 @@ class PollSchedule:
     With nothing known, the first look comes after ``POLL_FIRST_S`` and the
     intervals grow by ``POLL_GROWTH`` up to ``POLL_MAX_S``. Once the last task
     of the same kind was seen running ``due_s`` seconds after it started, the
-    intervals near that time start at ``step`` (2% of it, at least
+    intervals near that time start at ``step`` (1.5% of it, at least
     ``POLL_DUE_S``) and grow by ``POLL_DUE_GROWTH``, and the first look comes
     two steps before it: a task as long as the last is noticed within a step or
     two, with three or four looks in all, and one that runs longer is looked at
