@@ -545,6 +545,39 @@ def encode_settings(clips: list[tuple[str, Path, list[float]]], folder: Path) ->
             print(f"{name:<24} {label:<42} {best:6.3f} {out.stat().st_size:8d} {psnr:8.2f}")
 
 
+MASK_ENCODES = {
+    "superfast": ("superfast", None),
+    "ultrafast, CABAC on (vor's erase mask)": ("ultrafast", "cabac=1"),
+    "ultrafast": ("ultrafast", None),
+}
+
+
+def mask_encode_settings(clips: list[tuple[str, Path, list[float]]], folder: Path) -> None:
+    """The erase mask's lossless gray H.264, each setting, on each clip's box (75 frames)."""
+    import numpy as np
+
+    print("\nthe erase mask as lossless gray H.264, each setting (the clip's box, CPU best of 3)")
+    print(f"{'clip':<24} {'setting':<42} {'CPU s':>6} {'bytes':>8}")
+    for name, video, box in clips:
+        width, height, fps, frames = media.video_size(video)
+        hole = np.zeros((height, width), np.uint8)
+        sizes = (width, height, width, height)
+        x, y, w, h = (round(v * s) for v, s in zip(box, sizes, strict=True))
+        hole[y : y + h, x : x + w] = 255
+        for label, (preset, params) in MASK_ENCODES.items():
+            out, best = folder / "mask.mp4", float("inf")
+            for _ in range(3):
+                cpu0 = time.process_time()
+                with media.VideoWriter(
+                    out, width, height, fps, pix_fmt="gray", crf=0, preset=preset,
+                    x264_params=params,
+                ) as writer:  # fmt: skip
+                    for _ in range(frames):
+                        writer.write(hole)
+                best = min(best, time.process_time() - cpu0)
+            print(f"{name:<24} {label:<42} {best:6.3f} {out.stat().st_size:8d}")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -587,6 +620,7 @@ def main() -> None:
         if args.profile and clips:
             profile(folder, upstream, clips[0])
             encode_settings(clips, folder)
+            mask_encode_settings(clips, folder)
     finally:
         upstream_proc.terminate()
         upstream_proc.wait(10)
