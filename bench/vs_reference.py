@@ -18,11 +18,12 @@ remove one class prompted by one box from 3 s clips of 640x360.
   (HTTP, polling) plus every ffmpeg child's.
 - **vor**: ``vor serve`` (embedded Redis, API, a prefork CPU worker, a threaded
   I/O worker) with the svor engine, once per ``--workers`` setting (the CPU
-  pool's processes; by default ``vor serve``'s own, cores - 1, and one per
-  core); a job is submit, wait for ``succeeded``,
-  download the full-resolution result. Its CPU is that of every vor process
-  (``vor serve``, API, workers and their children; Redis apart), read from
-  ``/proc``. One job runs first to warm the worker pools and is not counted.
+  pool's processes; by default cores - 1, ``vor serve``'s default before
+  issue 9, and one per core, its default now); a job is submit, wait for
+  ``succeeded``, download the full-resolution result. Its CPU is that of
+  every vor process (``vor serve``, API, workers and their children; Redis
+  apart), read from ``/proc``. One job runs first to warm the worker pools and
+  is not counted.
   vor's shared limits on upstream calls are lifted (``VOR_SVOR_RATE_LIMIT_PER_S=0``,
   ``VOR_SVOR_MAX_CONCURRENCY=0``): the reference has none, and at their
   defaults (5 calls/s) six jobs at once would wait on them by design.
@@ -68,7 +69,7 @@ SEG, ERASE = f"{API}/sam3_prompt_seg", f"{API}/mieraser"
 GATEWAY_BYTES = 1000 * 1024
 REFERENCE_POLL_S = 3.0
 DEFAULT_WORKERS = (max(1, (os.cpu_count() or 2) - 1), os.cpu_count() or 1)
-"""``vor serve``'s default CPU pool (cores - 1), and one process per core."""
+"""The CPU pool ``vor serve`` had by default (cores - 1), and the one it has (one per core)."""
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

@@ -29,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers",
         type=int,
-        default=max(1, (os.cpu_count() or 2) - 1),
-        help="CPU worker processes",
+        default=os.cpu_count() or 1,
+        help="CPU worker processes (default: one per core; they run niced, below the API)",
     )
     serve.add_argument("--data-dir", type=Path, default=None)
 
