@@ -144,7 +144,7 @@ def main() -> None:
         "redis_url": f"redis://127.0.0.1:{redis_port}/0",
         "svor_url": f"http://127.0.0.1:{svor_port}",
         "clip": str(clip.path),
-        "box": [round(v * s) for v, s in zip(clip.box(0), (96, 64, 96, 64), strict=True)],
+        "box": list(clip.box(0)),
         "folder": str(folder),
         "calls": args.calls,
         "max_retries": args.max_retries,

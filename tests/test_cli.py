@@ -179,7 +179,7 @@ def test_remove_segment_then_skip_segment_against_a_server(
         [*VOR, "remove", str(video), "--server", service.url, "--segment",
          "--boxes", "discs:" + ",".join(map(str, box1)),
          "--boxes", "discs:" + ",".join(f"{v:.4f}" for v in box2)],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )  # fmt: skip
     assert segment.returncode == 0, segment.stderr
     assert "id 1: box" in segment.stdout and "id 2: box" in segment.stdout
@@ -190,7 +190,7 @@ def test_remove_segment_then_skip_segment_against_a_server(
     remove = subprocess.run(
         [*VOR, "remove", "--video", str(video), "--server", service.url, "--skip-segment",
          "--targets", "discs:2", "-o", str(out)],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )  # fmt: skip
     assert remove.returncode == 0, remove.stderr
     assert probe(out).frames == 12
@@ -202,7 +202,7 @@ def test_remove_reports_a_bad_prompt_clearly(
     env = {**clean_env(tmp_path), "VOR_API_KEY": API_KEYS["acme"]}
     proc = subprocess.run(
         [*VOR, "remove", str(clip.path), "--server", service.url, "--classes", "person:a person",
-         "--segment"],
+         "--segment", "--engine", "local"],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 2

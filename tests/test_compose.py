@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from services.errors import VorError
-from services.media.compose import Blend, composite, pad_even
+from services.media.compose import Blend, _bgr_frames, _planar_frames, composite, pad_even
 from services.media.synthetic import SyntheticClip, make_clip
 from services.media.video import probe, read_frames, run_ffmpeg, write_video
 
@@ -103,6 +103,18 @@ def test_longer_mask_and_odd_size_without_audio(tmp_path: Path) -> None:
     assert abs(result[0, 10, 10].mean() - 40) < 6
 
 
+def test_half_height_odd_planes(tmp_path: Path) -> None:
+    """yuv420p with an odd number of chroma rows (a 70-row frame, a 34-row working copy)."""
+    original = write_video(tmp_path / "o.mp4", [np.full((70, 96, 3), 60, np.uint8)] * 3, 10)
+    erased = write_video(tmp_path / "e.mp4", [np.full((34, 48, 3), 220, np.uint8)] * 3, 10)
+    small = np.zeros((34, 48), np.uint8)
+    small[10:24, 10:30] = 255
+    mask = write_video(tmp_path / "m.mkv", [small] * 3, 10, codec="ffv1")
+    result = stack(composite(original, erased, mask, tmp_path / "out.mp4", dilation=0))
+    assert result.shape == (3, 70, 96, 3)
+    assert abs(result[1, 34, 40].mean() - 220) < 8 and abs(result[1, 5, 90].mean() - 60) < 8
+
+
 def test_rotation_is_kept(tmp_path: Path) -> None:
     source = make_clip(tmp_path / "c.mp4", width=64, height=48, frames=4)
     rotated = tmp_path / "rotated.mp4"
@@ -133,6 +145,34 @@ def test_blend_scales_with_the_working_size() -> None:
     blend = Blend.for_scale(dilation=4, feather=2, scale=2.5)
     assert (blend.grow, blend.ramp) == (10, 5)
     assert Blend.for_scale(dilation=1, feather=5, scale=1.0).ramp == 1
+
+
+@pytest.mark.parametrize("scale", [2, 1])
+def test_planar_blend_matches_the_bgr_one(
+    clip: SyntheticClip, working: tuple[Path, Path], tmp_path: Path, scale: int
+) -> None:
+    """The yuv420p path (even sizes) gives the picture the BGR path gives, frame by frame,
+    with the working copy smaller than the original or as large."""
+    erased, mask = working
+    if scale == 1:
+        grey = np.full((FULL_H, FULL_W, 3), GREY, np.uint8)
+        erased = write_video(tmp_path / "e.mp4", [grey] * N, clip.fps)
+        binary = [(m > 0).astype(np.uint8) * 255 for m in clip.masks]
+        mask = write_video(tmp_path / "m.mkv", binary, clip.fps, codec="ffv1")
+    blend = Blend.for_scale(dilation=2, feather=2, scale=float(scale))
+    size = (FULL_W, FULL_H)
+    planar = _planar_frames(clip.path, erased, mask, 0, blend, size)
+    bgr = _bgr_frames(clip.path, erased, mask, 0, blend, size)
+    for index, (yuv, expected) in enumerate(zip(planar, bgr, strict=True)):
+        got = cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR_I420).astype(np.int16)
+        reference = cv2.cvtColor(
+            cv2.cvtColor(expected, cv2.COLOR_BGR2YUV_I420), cv2.COLOR_YUV2BGR_I420
+        ).astype(np.int16)
+        difference = np.abs(got - reference)
+        assert difference.mean() < 1.5, index
+        # Chroma is blended per 2x2 block with the block's mean alpha: at the feather's edge,
+        # where the original's colour changes within a block, a few pixels differ.
+        assert (difference.max(axis=2) > 20).mean() < 0.01, index
 
 
 def test_pad_even() -> None:

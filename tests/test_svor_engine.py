@@ -14,18 +14,23 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
+import av
 import httpx
 import numpy as np
 import pytest
 
 from services.engines.base import no_progress
+from services.engines.svor.client import PollSchedule
 from services.engines.svor.engine import (
+    SEG_PATH,
     SvorClient,
     SvorEngine,
     SvorPrompt,
+    _id_mask,
     engine_from_settings,
     parse_retry_after,
 )
+from services.engines.svor.upload_fit import copy_if_fits
 from services.errors import (
     InvalidInput,
     UpstreamAuth,
@@ -36,7 +41,14 @@ from services.errors import (
     UpstreamUnavailable,
 )
 from services.media.synthetic import SyntheticClip, make_clip
-from services.media.video import VideoWriter, probe, read_frames, video_size
+from services.media.video import (
+    VideoWriter,
+    probe,
+    read_frames,
+    video_format,
+    video_size,
+    write_video,
+)
 from services.models import ClassPrompt, InputInfo
 from services.settings import Settings
 from services.standin.server import create_app, serve_in_thread
@@ -194,6 +206,71 @@ def test_prepare_drops_audio_and_refuses_long_clips(fake: FakeTime, tmp_path: Pa
         engine.prepare(source, long, tmp_path, no_progress)
 
 
+def test_prepare_copies_a_stream_that_fits_and_encodes_one_that_cannot_go_as_it_is(
+    fake: FakeTime, tmp_path: Path
+) -> None:
+    engine = SvorEngine(client_for("http://127.0.0.1:9", fake))
+    source = make_clip(tmp_path / "audio.mp4", audio=True).path
+    work = engine.prepare(source, probe(source), tmp_path, no_progress)
+    plan = json.loads(work.with_suffix(".json").read_text())
+    assert plan["copied"] and plan["crf"] is None and plan["attempts"] == []
+    with av.open(str(source)) as a, av.open(str(work)) as b:
+        assert [bytes(p) for p in a.demux(video=0) if p.size] == [
+            bytes(p) for p in b.demux(video=0) if p.size
+        ], "the stream is copied packet for packet, never decoded and encoded"
+        assert not b.streams.audio
+
+    yuv444 = tmp_path / "yuv444.mp4"
+    write_video(yuv444, list(read_frames(source)), 12.0, pix_fmt="yuv444p")
+    out = tmp_path / "second"
+    out.mkdir()
+    work = engine.prepare(yuv444, probe(yuv444), out, no_progress)
+    plan = json.loads(work.with_suffix(".json").read_text())
+    assert not plan["copied"] and plan["crf"] is not None
+    assert video_format(work)[:2] == ("h264", "yuv420p")
+    assert copy_if_fits(source, tmp_path / "small.mp4", target_bytes=1000) is None
+    assert not (tmp_path / "small.mp4").exists()
+
+
+def test_polling_learns_how_long_tasks_take(svor_url: str, clip: SyntheticClip) -> None:
+    set_faults(svor_url, task_latency_s=0.6)
+    client = SvorClient(httpx.Client(timeout=10), base_url=svor_url, api_key=None)
+    prompt = SvorPrompt(boxes=[clip.box(0)])
+    client.segment(clip.path, prompt)
+    assert 0.3 < client.due_s[SEG_PATH] < 0.8, client.due_s
+    httpx.delete(f"{svor_url}/_stats").raise_for_status()
+    began = time.monotonic()
+    client.segment(clip.path, prompt)
+    waited = time.monotonic() - began
+    server = stats(svor_url)
+    [task] = server["task_seconds"]
+    assert server["requests"]["sam3_prompt_seg/status"]["200"] <= 5
+    assert waited - task["seconds"] < 0.3, (waited, task)
+
+
+def test_poll_schedule_grows_and_starts_near_the_learned_time() -> None:
+    fresh = PollSchedule(None)
+    delays = [fresh.next_delay(0.0) for _ in range(12)]
+    assert delays[:3] == [0.25, 0.375, 0.5625] and max(delays) == 5.0
+    learned = PollSchedule(2.0)
+    assert learned.next_delay(0.0) == pytest.approx(1.94)
+    assert [learned.next_delay(1.94 + e) for e in (0.0, 0.03)] == pytest.approx([0.03, 0.0375])
+    long = PollSchedule(30.0)
+    assert [long.next_delay(0.0), long.next_delay(29.1)] == pytest.approx([29.1, 0.45])
+
+
+def test_a_lossless_id_mask_is_kept_and_a_lossy_one_cleaned(tmp_path: Path) -> None:
+    ids = np.zeros((64, 96), np.uint8)
+    ids[10:30, 10:30], ids[35:60, 50:90] = 1, 2
+    lossless = write_video(tmp_path / "raw.mkv", [ids] * 4, 12, codec="ffv1")
+    assert _id_mask(lossless, tmp_path / "kept.mkv", (96, 64), 12, 4, [1, 2]) == lossless
+    lossy = write_video(tmp_path / "raw.mp4", [ids * 60] * 4, 12, crf=30, pix_fmt="gray")
+    cleaned = _id_mask(lossy, tmp_path / "clean.mkv", (96, 64), 12, 4, [60, 120])
+    frames = np.stack(list(read_frames(cleaned, "gray")))
+    assert set(np.unique(frames)) <= {0, 60, 120} and video_format(cleaned)[:2] == ("ffv1", "gray")
+    assert (frames[:, 20, 20] == 60).all() and (frames[:, 50, 70] == 120).all()
+
+
 # --------------------------------------------------------------------------- transient faults
 
 
@@ -245,7 +322,7 @@ def test_refused_connection_is_retried_then_unavailable(
 ) -> None:
     client = client_for("http://127.0.0.1:9", fake, max_retries=2)
     with pytest.raises(UpstreamUnavailable, match="ConnectError"):
-        client.segment(clip.path, SvorPrompt(boxes=[(10, 20, 20, 20)]))
+        client.segment(clip.path, SvorPrompt(boxes=[(0.1, 0.3, 0.2, 0.3)]))
     assert client.stats["retries"] == {"connect": 2}
 
 
@@ -272,7 +349,7 @@ def test_malformed_submit_answer_fails_clearly(
 def test_bad_request_fails_at_once(svor_url: str, fake: FakeTime, clip: SyntheticClip) -> None:
     client = client_for(svor_url, fake)
     with pytest.raises(UpstreamBadRequest, match="frame_index"):
-        client.segment(clip.path, SvorPrompt(frame_index=99, boxes=[(10, 20, 20, 20)]))
+        client.segment(clip.path, SvorPrompt(frame_index=99, boxes=[(0.1, 0.3, 0.2, 0.3)]))
     assert stats(svor_url)["requests"] == {"sam3_prompt_seg": {"400": 1}}
     assert client.stats["retries"] == {}
 
@@ -284,13 +361,13 @@ def test_bad_key_fails_at_once(
     httpx.delete(f"{keyed_url}/_stats").raise_for_status()
     client = client_for(keyed_url, fake, api_key=key)
     with pytest.raises(UpstreamAuth, match="SVOR_API_KEY"):
-        client.segment(clip.path, SvorPrompt(boxes=[(10, 20, 20, 20)]))
+        client.segment(clip.path, SvorPrompt(boxes=[(0.1, 0.3, 0.2, 0.3)]))
     assert stats(keyed_url)["requests"] == {"sam3_prompt_seg": {status: 1}}
 
 
 def test_right_key_is_sent(keyed_url: str, fake: FakeTime, clip: SyntheticClip) -> None:
     client = client_for(keyed_url, fake, api_key=API_KEY)
-    result = client.segment(clip.path, SvorPrompt(boxes=[(10, 20, 20, 20)]))
+    result = client.segment(clip.path, SvorPrompt(boxes=[(0.1, 0.3, 0.2, 0.3)]))
     assert result.video_url.startswith(keyed_url)
 
 
@@ -326,7 +403,7 @@ def test_clip_over_3_s_is_refused(svor_url: str, fake: FakeTime, tmp_path: Path)
     long = make_clip(tmp_path / "long.mp4", frames=40)
     client = client_for(svor_url, fake)
     with pytest.raises(UpstreamBadRequest, match="at most 3 s"):
-        client.segment(long.path, SvorPrompt(boxes=[(10, 20, 20, 20)]))
+        client.segment(long.path, SvorPrompt(boxes=[(0.1, 0.3, 0.2, 0.3)]))
 
 
 # --------------------------------------------------------------------------- 413: compress harder

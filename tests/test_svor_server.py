@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -22,6 +24,7 @@ from services.standin.server import (
     create_app,
     faults_from_args,
     serve_in_thread,
+    texts_from_args,
 )
 
 
@@ -65,7 +68,7 @@ def test_not_a_video_is_a_400(url: str) -> None:
     answer = httpx.post(
         f"{url}{SEG_PATH}",
         files={"input_video": ("v.mp4", b"not a video", "video/mp4")},
-        data={"frame_index": "0", "bounding_boxes": "[[1, 1, 5, 5]]"},
+        data={"frame_index": "0", "bounding_boxes": "[[0.1, 0.1, 0.5, 0.5]]"},
     )
     assert answer.status_code == 400 and "not a readable video" in answer.json()["message"]
 
@@ -79,6 +82,38 @@ def test_faults_are_replaced_at_runtime_and_validated(url: str) -> None:
     assert httpx.post(f"{url}/_faults", json={"fail_503": 1}).status_code == 400
 
 
+def test_text_prompts_find_the_boxes_their_table_names(tmp_path: Path) -> None:
+    with serve_in_thread(create_app()) as url:
+        _text_prompts(url, tmp_path)
+
+
+def _text_prompts(url: str, tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "c.mp4")
+    box = [round(v, 4) for v in clip.box(0)]
+    assert httpx.post(f"{url}/_texts", json={"Red Disc": [box]}).status_code == 200
+    assert httpx.post(f"{url}/_texts", json={"x": [[0.5, 0.5, 0.8, 0.1]]}).status_code == 400
+    assert httpx.get(f"{url}/_texts").json() == {"red disc": [box]}, "the bad table replaced none"
+
+    def segment(text: str) -> dict[str, Any]:
+        with clip.path.open("rb") as handle:
+            answer = httpx.post(
+                f"{url}{SEG_PATH}", files={"input_video": handle},
+                data={"frame_index": "0", "text": text},
+            )  # fmt: skip
+        return dict(answer.json())
+
+    assert segment("a cat")["code"] == 1001 and "--text-box" in segment("a cat")["message"]
+    task = segment("red  DISC")["task_id"]
+    for _ in range(200):
+        body = httpx.get(f"{url}{SEG_PATH}/status/{task}").json()
+        if body["status"] != "running" and body["status"] != "queued":
+            break
+        time.sleep(0.05)
+    assert body["status"] == "completed", body
+    assert list(body["extra_info"]["object_boxes"]) == ["1"]
+    assert "obj_id 1" in body["extra_info"]["suggest_obj"]
+
+
 def test_command_line_flags_become_faults() -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -88,6 +123,10 @@ def test_command_line_flags_become_faults() -> None:
     assert args.port == 9001 and args.api_key is None
     assert faults_from_args(args) == Faults(burst_429=3, retry_after=2.5, never_complete=True)
     assert faults_from_args(parser.parse_args([])) == Faults()
+    args = parser.parse_args(["--text-box", "sign=0.1,0.2,0.3,0.4", "--text-box", "sign=0,0,1,1"])
+    assert texts_from_args(args) == {"sign": [(0.1, 0.2, 0.3, 0.4), (0.0, 0.0, 1.0, 1.0)]}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--text-box", "sign=0.5,0.5,0.8,0.1"])
 
 
 def test_the_boxes_engine_takes_the_boxes_for_objects(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from services import logs
 from services.cli.client import ApiError, ProgressBar, VorClient
 from services.cli.embedded import EmbeddedService, worker_args
 from services.errors import NotConfigured, VorError
+from services.media import masks
 from services.media.video import probe
 from services.models import Queue
 
@@ -50,8 +52,8 @@ def _add_service_commands(commands: Subcommands) -> None:
     serve.add_argument(
         "--workers",
         type=int,
-        default=max(1, (os.cpu_count() or 2) - 1),
-        help="CPU worker processes",
+        default=os.cpu_count() or 1,
+        help="CPU worker processes (default: one per core; they run niced, below the API)",
     )
     serve.add_argument("--data-dir", type=Path, default=None)
 
@@ -72,28 +74,23 @@ def _add_service_commands(commands: Subcommands) -> None:
 
 def _add_remove_command(commands: Subcommands) -> None:
     """remove: the SVOR reference CLI's flags."""
-    remove = commands.add_parser("remove", help="remove (or --segment) objects in a video")
+    remove = commands.add_parser(
+        "remove",
+        help="remove (or --segment) objects in a video",
+        description="Remove objects from a video, with the SVOR reference CLI's flags: "
+        "--classes, --targets, --boxes and --points take several values each, or repeat.",
+    )
     remove.add_argument("input", nargs="?", type=Path, help="the video")
     remove.add_argument("--video", type=Path, help="the video (same as the positional)")
-    remove.add_argument(
-        "--classes",
-        action="append",
-        default=[],
-        help="label[:text[:remove prompt]]; repeat for more classes",
-    )
-    remove.add_argument("--targets", action="append", default=[], help="label:1,2")
-    remove.add_argument(
-        "--boxes",
-        action="append",
-        default=[],
-        help="label:x,y,w,h (0..1, or pixels); repeat for more boxes",
-    )
-    remove.add_argument(
-        "--points",
-        action="append",
-        default=[],
-        help="label:x,y[:1|0] (1 = on the object, 0 = not); repeat",
-    )
+    for flag, metavar, text in (
+        ("--classes", "LABEL[:TEXT[:PROMPT]]", "classes to find, by text and removal prompt"),
+        ("--targets", "LABEL:ID,ID", "object ids to remove, per class (from --segment)"),
+        ("--boxes", "LABEL:X,Y,W,H", "a box around one object (0..1, or pixels)"),
+        ("--points", "LABEL:X,Y[:1|0]", "a point on (1) or off (0) an object (0..1, or pixels)"),
+    ):
+        remove.add_argument(
+            flag, nargs="+", action="extend", default=[], metavar=metavar, help=text
+        )
     remove.add_argument("--frame", type=int, default=0, help="annotation frame index")
     remove.add_argument(
         "--segment", action="store_true", help="segment only: print the objects, write the preview"
@@ -101,10 +98,17 @@ def _add_remove_command(commands: Subcommands) -> None:
     remove.add_argument(
         "--skip-segment",
         nargs="?",
-        const="last",
+        const=FROM_CACHE,
         default=None,
         metavar="JOB",
-        help="reuse a finished segment job (default: the last --segment run)",
+        help="remove --targets from the segmentation an earlier --segment cached in --tmp-dir "
+        "(or from the finished segment job JOB on --server)",
+    )
+    remove.add_argument(
+        "--tmp-dir",
+        type=Path,
+        default=Path("temp"),
+        help="scratch and cached segment results (default: ./temp, as the reference CLI)",
     )
     remove.add_argument("--mask", type=Path, help="remove this mask (video or image) instead")
     remove.add_argument("--engine", choices=["local", "svor"], default=None)
@@ -180,9 +184,8 @@ def cmd_api(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     """Become a Celery worker (``python -m workers``): the same process, so signals sent
     to ``vor worker`` reach Celery, and the command line never imports it."""
-    return run_module(
-        "workers", worker_args(args.queues, args.pool, args.concurrency, args.loglevel)
-    )
+    argv = worker_args(args.queues, args.pool, args.concurrency, args.loglevel)
+    return run_module("workers", argv)
 
 
 def run_module(module: str, argv: list[str]) -> int:
@@ -253,10 +256,19 @@ def _print_secret(service: EmbeddedService) -> None:
     print(f"VOR_WEBHOOK_SECRET is not set; webhooks are signed with {secret}", flush=True)
 
 
+FROM_CACHE = "cache"
+"""``--skip-segment`` without a job id: the segmentation cached in ``--tmp-dir``."""
+
+
 def _pair(text: str, flag: str) -> tuple[str, str]:
     label, sep, rest = text.partition(":")
     if not sep or not label or not rest:
-        raise UsageError(f"{flag} {text!r}: expected label:values")
+        hint = (
+            "; it looks like the video: give it before the flags, or with --video"
+            if Path(text).is_file()
+            else ""
+        )
+        raise UsageError(f"{flag} {text!r}: expected label:values{hint}")
     return label, rest
 
 
@@ -270,8 +282,24 @@ def _floats(text: str, count: int, flag: str) -> list[float]:
     return values
 
 
+def targets_from_args(args: argparse.Namespace) -> dict[str, list[int]]:
+    targets: dict[str, list[int]] = {}
+    for text in args.targets:
+        label, ids = _pair(text, "--targets")
+        try:
+            targets.setdefault(label, []).extend(int(i) for i in ids.split(",") if i.strip())
+        except ValueError:
+            raise UsageError(f"--targets {text!r}: ids are whole numbers, as 2,3") from None
+    return targets
+
+
 def spec_from_args(args: argparse.Namespace, size: tuple[int, int] | None) -> dict[str, Any]:
-    """Turn the reference CLI's flags into a job spec (pixel coordinates are normalised)."""
+    """Turn the reference CLI's flags into a job spec (pixel coordinates are normalised).
+
+    Without ``--engine``, classes with a text prompt go to the svor engine, the
+    only one that reads text (the reference CLI is an SVOR client); others to the
+    service's default.
+    """
     classes: dict[str, dict[str, Any]] = {}
 
     def cls(label: str) -> dict[str, Any]:
@@ -300,13 +328,10 @@ def spec_from_args(args: argparse.Namespace, size: tuple[int, int] | None) -> di
         entry = cls(label)
         entry.setdefault("points", []).append(norm(_floats(coords, 2, "--points")))
         entry.setdefault("point_labels", []).append(0 if flag.strip() == "0" else 1)
-    targets = {}
-    for text in args.targets:
-        label, ids = _pair(text, "--targets")
-        targets[label] = [int(i) for i in ids.split(",") if i.strip()]
+    targets = targets_from_args(args)
     spec: dict[str, Any] = {"mode": "segment" if args.segment else "remove"}
-    if args.engine:
-        spec["engine"] = args.engine
+    if args.engine or any("text" in c for c in classes.values()):
+        spec["engine"] = args.engine or "svor"
     if args.dilation is not None:
         spec["options"] = {"mask_dilation": args.dilation}
     if targets:
@@ -316,55 +341,125 @@ def spec_from_args(args: argparse.Namespace, size: tuple[int, int] | None) -> di
     return spec
 
 
-def _state_file() -> Path:
-    return _data_dir(None) / "cli-state.json"
-
-
-def _remember_segment(video: Path, job_id: str, server: str) -> None:
-    path = _state_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = json.loads(path.read_text()) if path.exists() else {}
-    state[str(video.resolve())] = {"job": job_id, "server": server}
-    path.write_text(json.dumps(state, indent=1))
-
-
-def _last_segment(video: Path) -> str:
-    path = _state_file()
-    state = json.loads(path.read_text()) if path.exists() else {}
-    entry = state.get(str(video.resolve()))
-    if not entry:
-        raise UsageError(
-            f"no earlier `vor remove --segment` run of {video} is known: run one first, or pass "
-            "--skip-segment JOB_ID"
-        )
-    return str(entry["job"])
+def _video_of(args: argparse.Namespace) -> Path:
+    if args.skip_segment and not (args.video or args.input) and Path(args.skip_segment).is_file():
+        args.input, args.skip_segment = Path(args.skip_segment), FROM_CACHE
+    video: Path | None = args.video or args.input
+    if video is None:
+        raise UsageError("give the video: vor remove VIDEO [flags], or --video VIDEO")
+    if not video.is_file():
+        raise UsageError(f"{video} is not a file")
+    return video
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    video = args.video or args.input
-    if video is None:
-        raise UsageError("give the video: vor remove VIDEO [flags]")
-    if not video.is_file():
-        raise UsageError(f"{video} is not a file")
+    video = _video_of(args)
     info = probe(video)
+    cache = SegmentCache(args.tmp_dir, video)
+    if args.skip_segment == FROM_CACHE:
+        spec, mask = _spec_from_cache(args, cache)
+        return _on_service(args, lambda client: _run_remove(client, args, video, spec, mask))
     spec = spec_from_args(args, (info.width, info.height))
     if args.skip_segment:
-        spec["from_job"] = (
-            _last_segment(video) if args.skip_segment == "last" else args.skip_segment
-        )
+        if not args.server:
+            raise UsageError("--skip-segment JOB needs the --server that ran the job")
+        spec["from_job"] = args.skip_segment
+    return _on_service(
+        args, lambda client: _run_remove(client, args, video, spec, args.mask, cache)
+    )
+
+
+def _on_service(args: argparse.Namespace, run: Callable[[VorClient], int]) -> int:
+    """``run`` against ``--server``, or a vor started for it with its data in ``--tmp-dir``."""
     if args.server:
-        return _run_remove(VorClient(args.server, api_key=args.api_key), args, video, spec)
-    if args.skip_segment and args.skip_segment == "last":
-        raise UsageError("--skip-segment without --server needs the job id: --skip-segment JOB")
-    with EmbeddedService(_data_dir(None) / "embedded") as service:
-        return _run_remove(VorClient(service.url), args, video, spec)
+        return run(VorClient(args.server, api_key=args.api_key))
+    with EmbeddedService(args.tmp_dir.resolve() / "service") as service:
+        return run(VorClient(service.url))
+
+
+class SegmentCache:
+    """What ``--segment`` found, kept in ``--tmp-dir`` for a later ``--skip-segment``.
+
+    As the reference CLI does: one object-id mask per class,
+    ``<video stem>_mask_<label>_raw.mkv`` (pixel value = object id), beside
+    ``<video stem>_segments.json`` (the objects, the engine, the job).
+    """
+
+    def __init__(self, folder: Path, video: Path) -> None:
+        self.folder = folder
+        self.video = video
+        self.index = folder / f"{video.stem}_segments.json"
+
+    def mask(self, label: str) -> Path:
+        return self.folder / f"{self.video.stem}_mask_{label}_raw.mkv"
+
+    def load(self) -> dict[str, Any]:
+        if not self.index.exists():
+            raise UsageError(
+                f"nothing is cached for {self.video.name} in {self.folder}: run vor remove "
+                "--segment --classes ... first (with the same --tmp-dir)"
+            )
+        state = dict(json.loads(self.index.read_text()))
+        if state.get("video") != str(self.video.resolve()):
+            raise UsageError(
+                f"{self.index} holds the segmentation of {state.get('video')}, not of "
+                f"{self.video.resolve()}: use another --tmp-dir"
+            )
+        return state
+
+    def save(self, job: dict[str, Any], client: VorClient) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        state = json.loads(self.index.read_text()) if self.index.exists() else {}
+        if state.get("video") != str(self.video.resolve()):
+            state = {"video": str(self.video.resolve()), "segments": {}}
+        for label, segment in job["segments"].items():
+            # The first class's files have no suffix; every other class's end in _<label>.
+            url = job["result"].get(f"mask_url_{label}") or job["result"]["mask_url"]
+            client.download(url, self.mask(label))
+            state["segments"][label] = {**segment, "engine": job["engine"], "job": job["id"]}
+        self.index.write_text(json.dumps(state, indent=1))
+
+
+def _spec_from_cache(args: argparse.Namespace, cache: SegmentCache) -> tuple[dict[str, Any], Path]:
+    """The spec and the 0/255 mask of a ``--skip-segment`` run: the chosen ids of each
+    cached class, united in one pass, as the reference CLI's convert and merge steps."""
+    targets = targets_from_args(args)
+    if not targets:
+        raise UsageError("--skip-segment needs --targets label:ids (the ids --segment printed)")
+    segments = cache.load()["segments"]
+    sources: list[tuple[Path, list[int]]] = []
+    for label, ids in targets.items():
+        segment = segments.get(label)
+        if segment is None:
+            raise UsageError(
+                f"--targets {label}: no class {label!r} was segmented for {cache.video.name} "
+                f"(cached: {', '.join(segments) or 'none'})"
+            )
+        found = {int(o["id"]) for o in segment["objects"]}
+        unknown = sorted(set(ids) - found)
+        if unknown:
+            raise UsageError(
+                f"--targets {label}: id {', '.join(map(str, unknown))} was not found; "
+                f"segmentation found {sorted(found)}"
+            )
+        sources.append((cache.mask(label), ids))
+    merged = masks.select_union(sources, cache.folder / f"{cache.video.stem}_mask_merged.mkv")
+    engines = {segments[label]["engine"] for label in targets}
+    spec: dict[str, Any] = {"mode": "remove", "engine": args.engine or sorted(engines)[0]}
+    if args.dilation is not None:
+        spec["options"] = {"mask_dilation": args.dilation}
+    return spec, merged
 
 
 def _run_remove(
-    client: VorClient, args: argparse.Namespace, video: Path, spec: dict[str, Any]
+    client: VorClient,
+    args: argparse.Namespace,
+    video: Path,
+    spec: dict[str, Any],
+    mask: Path | None,
+    cache: SegmentCache | None = None,
 ) -> int:
     upload = None if spec.get("from_job") else video
-    mask = args.mask
     job = client.submit(spec, upload, mask=mask)
     print(f"job {job['id']} accepted", file=sys.stderr)
     job = client.wait(job["id"], on_update=ProgressBar())
@@ -377,7 +472,6 @@ def _run_remove(
         )
         return 1
     if args.segment:
-        _remember_segment(video, job["id"], str(client.http.base_url))
         for label, segment in job["segments"].items():
             print(f"{label}: {segment.get('suggestion', '')}")
             for obj in segment["objects"]:
@@ -385,7 +479,12 @@ def _run_remove(
                 print(f"  id {obj['id']}: box [{box}]")
         preview = args.output or video.with_name(f"{video.stem}_preview.png")
         client.download(job["result"]["preview_url"], preview)
-        print(f"preview: {preview}\nsegment job: {job['id']} (use --skip-segment {job['id']})")
+        if cache is not None:
+            cache.save(job, client)
+        print(
+            f"preview: {preview}\nsegment job: {job['id']}; cached in {args.tmp_dir}: remove with "
+            f'--skip-segment --targets "{next(iter(job["segments"]), "label")}:<id>,..."'
+        )
         return 0
     out = args.output or video.with_name(f"{video.stem}_removed.mp4")
     client.download(job["result"]["video_url"], out)

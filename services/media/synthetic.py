@@ -111,6 +111,40 @@ def make_clip(
     return SyntheticClip(path, masks, background, width, height, fps)
 
 
+def make_clip_with(
+    path: Path | str,
+    boxes: list[tuple[float, float, float, float]],
+    *,
+    width: int = 200,
+    height: int = 120,
+    frames: int = 24,
+    fps: float = 12.0,
+    step: float = 0.01,
+    crf: int = 12,
+) -> SyntheticClip:
+    """A static textured scene with one ellipse per box: on frame 0 each fills its box
+    (normalised [x, y, w, h]), then moves right by ``step`` of the width per frame."""
+    path = Path(path)
+    background = textured_background(width, height)
+    colours = [(30, 40, 230), (230, 60, 40), (40, 220, 60), (200, 200, 30)]
+    masks: list[np.ndarray] = []
+    with VideoWriter(path, width, height, fps, crf=crf) as writer:
+        for t in range(frames):
+            image = background.copy()
+            mask = np.zeros((height, width), np.uint8)
+            for k, (x, y, w, h) in enumerate(boxes):
+                centre = (round((x + w / 2 + step * t) * width), round((y + h / 2) * height))
+                axes = (max(1, round(w * width / 2)), max(1, round(h * height / 2)))
+                colour = colours[k % len(colours)]
+                cv2.ellipse(image, centre, axes, 0, 0, 360, colour, -1)
+                highlight = (centre[0] - axes[0] // 3, centre[1] - axes[1] // 3)
+                cv2.circle(image, highlight, max(1, min(axes) // 3), (250, 250, 250), -1)
+                cv2.ellipse(mask, centre, axes, 0, 0, 360, k + 1, -1)
+            masks.append(mask)
+            writer.write(image)
+    return SyntheticClip(path, masks, background, width, height, fps)
+
+
 def _write_with_audio(path: Path, images: list[np.ndarray], fps: float, crf: int) -> None:
     height, width = images[0].shape[:2]
     container = av.open(str(path), mode="w")

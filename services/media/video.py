@@ -322,7 +322,7 @@ def image_size(path: Path) -> tuple[int, int] | None:
     return None
 
 
-PixelFormat = Literal["bgr24", "gray", "rgb24"]
+PixelFormat = Literal["bgr24", "gray", "rgb24", "yuv420p"]
 
 
 def read_frames(path: Path | str, pix_fmt: PixelFormat = "bgr24") -> Iterator[np.ndarray]:
@@ -345,6 +345,17 @@ def read_frames(path: Path | str, pix_fmt: PixelFormat = "bgr24") -> Iterator[np
                 f"frame {index} of {Path(path).name} could not be decoded ({_reason(exc)}): the "
                 f"file is damaged, or its frames grow past the {width}x{height} it declares"
             ) from exc
+    finally:
+        container.close()
+
+
+def video_format(path: Path | str) -> tuple[str, str, int, int]:
+    """(codec, pixel format, width, height) of the first video stream, from its header."""
+    container = open_input(path)
+    try:
+        ctx = container.streams.video[0].codec_context
+        pix_fmt = ctx.format.name if ctx.format is not None else ""
+        return ctx.name, pix_fmt, int(ctx.width), int(ctx.height)
     finally:
         container.close()
 
@@ -375,9 +386,11 @@ class VideoWriter:
         pix_fmt: str | None = None,
         crf: int = 18,
         preset: str = "veryfast",
+        x264_params: str | None = None,
+        container_options: dict[str, str] | None = None,
     ) -> None:
         self.path = Path(path)
-        self._container = av.open(str(path), mode="w")
+        self._container = av.open(str(path), mode="w", options=container_options or {})
         rate = Fraction(fps).limit_denominator(1001)
         self._stream = self._container.add_stream(codec, rate=rate)
         self._stream.width = width
@@ -392,11 +405,17 @@ class VideoWriter:
         else:
             self._stream.pix_fmt = pix_fmt or "yuv420p"
             self._stream.options = {"crf": str(crf), "preset": preset}
-            self._input_format = "bgr24"
+            if x264_params:
+                self._stream.options |= {"x264-params": x264_params}
+            self._input_format = "gray" if self._stream.pix_fmt == "gray" else "bgr24"
         self.frames = 0
 
-    def write(self, image: np.ndarray) -> None:
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format=self._input_format)
+    def write(self, image: np.ndarray, pix_fmt: str | None = None) -> None:
+        """Encode one frame: BGR (gray for gray streams), or planes in ``pix_fmt``
+        (``"yuv420p"``: Y above U and V, as PyAV lays them out) when given."""
+        frame = av.VideoFrame.from_ndarray(
+            np.ascontiguousarray(image), format=pix_fmt or self._input_format
+        )
         for packet in self._stream.encode(frame):
             self._container.mux(packet)
         self.frames += 1

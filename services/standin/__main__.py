@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from services.standin.server import add_arguments, faults_from_args, serve
+from services.standin.server import add_arguments, faults_from_args, serve, texts_from_args
 
 
 def main(argv: list[str]) -> int:
@@ -19,6 +19,7 @@ def main(argv: list[str]) -> int:
         api_key=args.api_key,
         log_level=args.log_level,
         engine=args.engine,
+        texts=texts_from_args(args),
     )
     return 0
 

@@ -2,7 +2,9 @@
 
 ``vor svor-server`` runs it, so that the svor engine (and anyone integrating
 with SVOR) can be exercised without the cloud: the same endpoints, field names,
-status codes and task life cycle, plus faults on demand (429 bursts and rate
+coordinates (``points`` and ``bounding_boxes`` normalised to 0~1 as JSON lists,
+``object_boxes`` back in pixels of the upload), status codes (400 请求参数错误
+saying what is wrong) and task life cycle, plus faults on demand (429 bursts and rate
 limits with ``Retry-After``, 502/504, latency, hung requests, malformed JSON,
 tasks that fail or never finish). Faults are set at start and replaced at
 runtime with ``POST /_faults``; ``GET /_stats`` counts requests by endpoint and
@@ -30,11 +32,10 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
-import numpy as np
 import uvicorn
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -53,6 +54,11 @@ JSON_ENDPOINTS = frozenset(
     {"sam3_prompt_seg", "sam3_prompt_seg/status", "mieraser", "mieraser/status"}
 )
 DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
+BAD_REQUEST = "请求参数错误"
+BOX_FIELDS = ("x", "y", "w", "h")
+BOX_TASK_THREADS = 8
+"""The boxes engine costs next to nothing, so its tasks end side by side, as on the cloud."""
+Box = tuple[float, float, float, float]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -115,6 +121,7 @@ class Faults(BaseModel):
 class _Task:
     id: str
     kind: str
+    accepted_at: float = field(default_factory=time.monotonic)
     status: str = "queued"
     video_path: str | None = None
     extra_info: dict[str, Any] | None = None
@@ -142,6 +149,7 @@ class _State:
         work_dir: Path,
         max_body_bytes: int,
         max_duration_s: float,
+        task_threads: int = 1,
     ) -> None:
         self._engine = engine
         self.api_key = api_key
@@ -153,7 +161,8 @@ class _State:
         self.lock = threading.Lock()
         self.faults = faults
         self.tasks: dict[str, _Task] = {}
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="svor-task")
+        self.texts: dict[str, list[Box]] = {}
+        self.executor = ThreadPoolExecutor(task_threads, thread_name_prefix="svor-task")
         self.set_faults(faults)
         self.reset_stats()
 
@@ -179,7 +188,12 @@ class _State:
 
     def reset_stats(self) -> None:
         with self.lock:
-            self.stats: dict[str, Any] = {"requests": {}, "uploads": [], "tasks": 0}
+            self.stats: dict[str, Any] = {
+                "requests": {},
+                "uploads": [],
+                "tasks": 0,
+                "task_seconds": [],
+            }
 
     def take(self, counter: str, endpoint: str) -> bool:
         """Use up one of a counted fault, if any is left and it applies to ``endpoint``."""
@@ -212,6 +226,18 @@ class _State:
         with self.lock:
             by_status = self.stats["requests"].setdefault(endpoint, {})
             by_status[str(status)] = by_status.get(str(status), 0) + 1
+
+    def record_task(self, task: _Task) -> None:
+        """How long a task took from its acceptance to its end: the upstream's floor."""
+        seconds = round(time.monotonic() - task.accepted_at, 4)
+        with self.lock:
+            self.stats["task_seconds"].append(
+                {"endpoint": task.kind, "status": task.status, "seconds": seconds}
+            )
+
+    def boxes_named(self, text: str) -> list[Box] | None:
+        with self.lock:
+            return self.texts.get(_text_key(text))
 
     def record_upload(self, endpoint: str, size: int) -> None:
         with self.lock:
@@ -343,23 +369,76 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 class _BadRequest(Exception):
-    pass
+    """What SVOR answers with 400 请求参数错误; the message says what is wrong."""
 
 
-def _json_list(value: str | None, field: str) -> list[Any]:
+def _bad_request(message: str) -> JSONResponse:
+    return _error(400, f"{BAD_REQUEST}: {message}")
+
+
+def _json_list(value: str | None, field: str) -> list[Any] | None:
+    """A form field that holds a JSON list; None when it is absent or empty."""
     if value is None or not value.strip():
-        return []
+        return None
     try:
         parsed = json.loads(value)
     except ValueError as exc:
-        raise _BadRequest(f"{field} is not valid JSON") from exc
+        raise _BadRequest(f"{field} is not valid JSON: {value[:80]!r}") from exc
     if not isinstance(parsed, list):
-        raise _BadRequest(f"{field} must be a JSON list")
+        raise _BadRequest(f"{field} must be a JSON list, not {value[:80]!r}")
     return parsed
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _normalised(items: list[Any], field: str, names: tuple[str, ...]) -> list[tuple[float, ...]]:
+    """Each item a list of ``len(names)`` numbers, each normalised to the frame (0~1)."""
+    out = []
+    for index, item in enumerate(items):
+        where = f"{field}[{index}]"
+        shown = json.dumps(item)[:80]
+        if not isinstance(item, list) or len(item) != len(names):
+            raise _BadRequest(f"{where} must be [{', '.join(names)}], not {shown}")
+        if not all(_is_number(v) for v in item):
+            raise _BadRequest(f"{where} = {shown}: every value must be a number")
+        for name, value in zip(names, item, strict=True):
+            if not 0.0 <= value <= 1.0:
+                raise _BadRequest(
+                    f"{where} = {shown}: {name} = {value:g} is outside 0~1 (coordinates are "
+                    "normalised to the frame's width and height, not pixels)"
+                )
+        out.append(tuple(float(v) for v in item))
+    return out
+
+
+def _labels(value: str | None, field: str, of: str, count: int) -> list[Literal[0, 1]] | None:
+    """A JSON list of 1 (on the object) and 0 (not on it), one per item of ``of``."""
+    labels = _json_list(value, field)
+    if labels is None:
+        return None
+    if any(type(label) is not int or label not in (0, 1) for label in labels):
+        raise _BadRequest(f"{field} must hold only 1 and 0, not {json.dumps(labels)[:80]}")
+    if len(labels) != count:
+        raise _BadRequest(f"{field} has {len(labels)} labels for {count} {of}")
+    return labels
+
+
+def _boxes(value: str | None) -> list[Box]:
+    boxes = _normalised(_json_list(value, "bounding_boxes") or [], "bounding_boxes", BOX_FIELDS)
+    for index, (x, y, w, h) in enumerate(boxes):
+        if w <= 0 or h <= 0:
+            raise _BadRequest(f"bounding_boxes[{index}] has no area (w and h must be above 0)")
+        if x + w > 1.0 + 1e-6 or y + h > 1.0 + 1e-6:
+            raise _BadRequest(
+                f"bounding_boxes[{index}] runs past the frame (x + w = {x + w:g}, "
+                f"y + h = {y + h:g}; both at most 1)"
+            )
+    return [(x, y, w, h) for x, y, w, h in boxes]
+
+
 def _class_prompt(
-    info: InputInfo,
     frame_index: int,
     text: str | None,
     remove_prompt: str | None,
@@ -368,35 +447,57 @@ def _class_prompt(
     bounding_boxes: str | None,
     bounding_box_labels: str | None,
 ) -> ClassPrompt:
-    """SVOR's absolute-pixel prompt as vor's normalised ``ClassPrompt``."""
-    width, height = info.width, info.height
-    box_labels = _json_list(bounding_box_labels, "bounding_box_labels")
-    if any(label != 1 for label in box_labels):
-        raise _BadRequest("only positive boxes (label 1) are supported")
+    """SVOR's form fields (normalised coordinates, JSON lists) as vor's ``ClassPrompt``."""
+    boxes = _boxes(bounding_boxes)
+    box_labels = _labels(bounding_box_labels, "bounding_box_labels", "bounding_boxes", len(boxes))
+    if box_labels and 0 in box_labels:
+        raise _BadRequest("bounding_box_labels: this stand-in takes positive boxes (1) only")
+    pts = _normalised(_json_list(points, "points") or [], "points", ("x", "y"))
+    labels = _labels(point_labels, "point_labels", "points", len(pts))
     try:
-        boxes = []
-        for x, y, w, h in _json_list(bounding_boxes, "bounding_boxes"):
-            x0 = min(1.0, max(0.0, float(x) / width))
-            y0 = min(1.0, max(0.0, float(y) / height))
-            boxes.append(
-                (x0, y0, min(float(w) / width, 1.0 - x0), min(float(h) / height, 1.0 - y0))
-            )
-        pts = [
-            (min(1.0, max(0.0, float(x) / width)), min(1.0, max(0.0, float(y) / height)))
-            for x, y in _json_list(points, "points")
-        ]
         return ClassPrompt(
             label="svor",
             text=text or None,
             remove_prompt=remove_prompt or None,
             boxes=boxes,
-            points=pts,
-            point_labels=_json_list(point_labels, "point_labels"),
+            points=[(x, y) for x, y in pts],
+            point_labels=labels or [1] * len(pts),
             frame_index=frame_index,
         )
-    except (TypeError, ValueError) as exc:
-        reason = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
-        raise _BadRequest(f"bad prompt: {reason}") from exc
+    except ValidationError as exc:
+        raise _BadRequest(exc.errors()[0]["msg"].removeprefix("Value error, ")) from exc
+
+
+def _text_key(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def parse_text_box(value: str) -> tuple[str, Box]:
+    """``TEXT=x,y,w,h`` (``--text-box``): a box the stand-in finds for that text prompt."""
+    text, sep, coords = value.rpartition("=")
+    try:
+        x, y, w, h = (float(v) for v in coords.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected TEXT=x,y,w,h, got {value!r}") from None
+    if not sep or not text.strip():
+        raise argparse.ArgumentTypeError(f"expected TEXT=x,y,w,h, got {value!r}")
+    try:
+        _text_table({text: [(x, y, w, h)]})
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text, (x, y, w, h)
+
+
+def _text_table(entries: dict[str, list[Box]]) -> dict[str, list[Box]]:
+    """The text-to-boxes table, checked as prompts are (normalised, inside the frame)."""
+    table: dict[str, list[Box]] = {}
+    for text, boxes in entries.items():
+        try:
+            checked = ClassPrompt(label="text", boxes=boxes).boxes
+        except ValidationError as exc:
+            raise ValueError(f"boxes for {text!r}: {exc.errors()[0]['msg']}") from exc
+        table.setdefault(_text_key(text), []).extend(checked)
+    return table
 
 
 def _save(upload: UploadFile, dest: Path) -> InputInfo:
@@ -410,15 +511,11 @@ def _check_duration(info: InputInfo, limit: float) -> None:
         raise InputTooLarge(f"clip lasts {info.duration_s:g} s; at most {limit:g} s is accepted")
 
 
-def _binary_mask(mask: Path, dest: Path, info: InputInfo) -> None:
-    """The uploaded (maybe lossy) 0/255 mask as a clean gray8 FFV1 mask."""
-    with VideoWriter(dest, info.width, info.height, info.fps, codec="ffv1") as writer:
-        for image in read_frames(mask, "gray"):
-            writer.write(np.where(image > 127, 255, 0).astype(np.uint8))
-
-
 def _to_mp4(source: Path, dest: Path, fps: float) -> Path:
-    """An engine's (lossless, large) result as the H.264 MP4 a cloud API would return."""
+    """An engine's (lossless, large) result as the H.264 MP4 a cloud API would return;
+    an MP4 already (the boxes engine's copy of the upload) as it is."""
+    if source.suffix == ".mp4":
+        return source
     writer: VideoWriter | None = None
     for image in read_frames(source):
         if writer is None:
@@ -441,10 +538,10 @@ def _run_task(
     task.status = "running"
     if never:
         return
-    if fail:
-        task.error_message, task.status = "task failed (injected by fail_status)", "failed"
-        return
     try:
+        if fail:
+            task.error_message, task.status = "task failed (injected by fail_status)", "failed"
+            return
         path, extra = work()
         name = f"{task.id}{path.suffix}"
         shutil.copyfile(path, state.files_dir / name)
@@ -454,6 +551,8 @@ def _run_task(
         task.error_message, task.status = exc.message, "failed"
     except Exception as exc:  # the stand-in reports any engine crash the way SVOR would
         task.error_message, task.status = f"internal error: {type(exc).__name__}: {exc}", "failed"
+    finally:
+        state.record_task(task)
 
 
 def _start(
@@ -468,7 +567,7 @@ def _start(
     args = (state, task, work, plan, str(request.base_url))
     if faults.task_latency_s:
         # Tasks wait out their latency side by side, as on the real service; only the
-        # engine's work itself goes through the one executor thread.
+        # engine's work itself goes through the executor's threads.
         task.status = "running"
         timer = threading.Timer(
             faults.task_latency_s, state.executor.submit, args=(_run_task, *args)
@@ -491,8 +590,16 @@ def create_app(
     work_dir: Path | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_duration_s: float = 3.0,
+    texts: dict[str, list[Box]] | None = None,
+    task_threads: int = 1,
 ) -> FastAPI:
-    """The stand-in as an ASGI app; ``engine`` defaults to ``LocalEngine`` (made on first use)."""
+    """The stand-in as an ASGI app; ``engine`` defaults to ``LocalEngine`` (made on first use).
+
+    ``texts`` maps a text prompt to the boxes (normalised, on the annotation frame)
+    of what it names: the stand-in has no language model, so a text prompt finds
+    the objects this table gives it. ``task_threads`` run the engine's work of
+    that many tasks at once (one for the CPU-heavy local engine).
+    """
     scratch = None if work_dir else tempfile.TemporaryDirectory(prefix="svor-server-")
     root = Path(work_dir) if work_dir else Path(scratch.name)  # type: ignore[union-attr]
     state = _State(
@@ -502,7 +609,9 @@ def create_app(
         work_dir=root,
         max_body_bytes=max_body_bytes,
         max_duration_s=max_duration_s,
+        task_threads=task_threads,
     )
+    state.texts = _text_table(texts or {})
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -519,7 +628,7 @@ def create_app(
     async def _bad_fields(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        return _error(400, f"bad parameter {where}: {first.get('msg', 'invalid')}")
+        return _bad_request(f"bad parameter {where}: {first.get('msg', 'invalid')}")
 
     def task_dir() -> Path:
         path = root / "tasks" / uuid.uuid4().hex
@@ -538,14 +647,11 @@ def create_app(
         bounding_boxes: Annotated[str | None, Form()] = None,
         bounding_box_labels: Annotated[str | None, Form()] = None,
     ) -> JSONResponse:
-        """Start a SAM3 prompt segmentation task."""
+        """Start a SAM3 prompt segmentation task (coordinates normalised to 0~1)."""
         folder = task_dir()
         video = folder / "input.mp4"
         try:
-            info = _save(input_video, video)
-            _check_duration(info, state.max_duration_s)
             prompt = _class_prompt(
-                info,
                 frame_index,
                 text,
                 remove_prompt,
@@ -554,18 +660,28 @@ def create_app(
                 bounding_boxes,
                 bounding_box_labels,
             )
-        except (_BadRequest, VorError) as exc:
-            return _error(400, getattr(exc, "message", str(exc)))
+            info = _save(input_video, video)
+            _check_duration(info, state.max_duration_s)
+        except _BadRequest as exc:
+            return _bad_request(str(exc))
+        except VorError as exc:
+            return _bad_request(exc.message)
         if frame_index >= info.frames:
-            return _error(400, f"frame_index {frame_index} is past the last frame")
-        if not prompt.has_geometry:
-            return JSONResponse(
-                {
-                    "code": 1001,
-                    "message": "this SVOR stand-in runs the local engine, which cannot segment "
-                    "from text; send points or bounding_boxes",
-                }
+            return _bad_request(
+                f"frame_index {frame_index} is past the last frame ({info.frames - 1})"
             )
+        named = None
+        if not prompt.has_geometry:
+            named = state.boxes_named(prompt.text or "")
+            if named is None:
+                return JSONResponse(
+                    {
+                        "code": 1001,
+                        "message": f"this SVOR stand-in cannot segment from text, and no "
+                        f"--text-box names {prompt.text!r}: send points or bounding_boxes",
+                    }
+                )
+            prompt = prompt.model_copy(update={"boxes": named})
 
         def work() -> tuple[Path, dict[str, Any]]:
             result = state.engine.segment(video, prompt, folder, no_progress)
@@ -578,7 +694,14 @@ def create_app(
                 ]
                 for o in result.objects
             }
-            return result.mask_path, {"suggest_obj": result.suggestion, "object_boxes": boxes}
+            suggestion = result.suggestion
+            if named is not None:
+                ids = "、".join(str(o.id) for o in result.objects)
+                suggestion = (
+                    f"符合用户指令的有 obj_id {ids}, 需消除 (the stand-in's --text-box table names "
+                    f"{len(named)} object(s) {prompt.text!r})"
+                )
+            return result.mask_path, {"suggest_obj": suggestion, "object_boxes": boxes}
 
         return JSONResponse({"code": 0, "task_id": _start(state, "sam3_prompt_seg", work, request)})
 
@@ -596,22 +719,20 @@ def create_app(
             _check_duration(info, state.max_duration_s)
             mask_info = _save(input_mask, mask)
         except VorError as exc:
-            return _error(400, exc.message)
+            return _bad_request(exc.message)
         if (mask_info.width, mask_info.height, mask_info.frames) != (
             info.width,
             info.height,
             info.frames,
         ):
-            return _error(
-                400,
+            return _bad_request(
                 f"input_mask is {mask_info.width}x{mask_info.height}, {mask_info.frames} frames; "
                 f"input_video is {info.width}x{info.height}, {info.frames} frames",
             )
 
         def work() -> tuple[Path, dict[str, Any]]:
-            clean = folder / "mask.mkv"
-            _binary_mask(mask, clean, info)
-            result = state.engine.erase(video, clean, folder, no_progress, dilation=0)
+            # Engines read a mask's values above 127 as marked, so a lossy one needs no cleaning.
+            result = state.engine.erase(video, mask, folder, no_progress, dilation=0)
             return _to_mp4(result, folder / "result.mp4", info.fps), {}
 
         return JSONResponse({"code": 0, "task_id": _start(state, "mieraser", work, request)})
@@ -651,9 +772,27 @@ def create_app(
         state.set_faults(faults)
         return state.faults
 
+    @app.get("/_texts")
+    def get_texts() -> dict[str, list[Box]]:
+        """The text prompts the stand-in knows, with the boxes each one finds."""
+        with state.lock:
+            return dict(state.texts)
+
+    @app.post("/_texts")
+    def set_texts(texts: dict[str, list[tuple[float, float, float, float]]]) -> JSONResponse:
+        """Replace the text table: {"sign": [[x, y, w, h], ...]}, normalised."""
+        try:
+            table = _text_table(texts)
+        except ValueError as exc:
+            return _bad_request(str(exc))
+        with state.lock:
+            state.texts = table
+        return JSONResponse(table)
+
     @app.get("/_stats")
     def get_stats() -> dict[str, Any]:
-        """Requests by endpoint and status code, upload sizes, tasks started."""
+        """Requests by endpoint and status code, upload sizes, tasks started, and each ended
+        task's seconds from acceptance to its end (``task_seconds``: the upstream's floor)."""
         return state.snapshot()
 
     @app.delete("/_stats", status_code=204)
@@ -684,6 +823,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="local: real segmentation and erasure; boxes: boxes are the objects and erasure "
         "returns the video unchanged (for load tests)",
     )  # fmt: skip
+    parser.add_argument(
+        "--text-box", dest="text_boxes", action="append", type=parse_text_box, default=[],
+        metavar="TEXT=x,y,w,h",
+        help="a text prompt finds this box (normalised, on the annotation frame); repeat for more "
+        "boxes and texts (also settable at runtime: POST /_texts)",
+    )  # fmt: skip
     faults = parser.add_argument_group("faults (also settable at runtime: POST /_faults)")
     for name, info in Faults.model_fields.items():
         flag = "--" + name.replace("_", "-")
@@ -696,6 +841,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def faults_from_args(args: argparse.Namespace) -> Faults:
     return Faults(**{name: getattr(args, name) for name in Faults.model_fields})
+
+
+def texts_from_args(args: argparse.Namespace) -> dict[str, list[Box]]:
+    texts: dict[str, list[Box]] = {}
+    for text, box in args.text_boxes:
+        texts.setdefault(text, []).append(box)
+    return texts
 
 
 @contextmanager
@@ -735,12 +887,20 @@ def serve(
     api_key: str | None,
     log_level: str = "warning",
     engine: str = "local",
+    texts: dict[str, list[Box]] | None = None,
 ) -> None:
     """Run the stand-in with uvicorn until interrupted."""
     active = faults.model_dump(exclude_defaults=True)
     print(f"SVOR stand-in on http://{host}:{port} (faults: {active or 'none'})", file=sys.stderr)
+    app = create_app(
+        engine=_engine_named(engine),
+        faults=faults,
+        api_key=api_key,
+        texts=texts,
+        task_threads=BOX_TASK_THREADS if engine == "boxes" else 1,
+    )
     uvicorn.run(
-        create_app(engine=_engine_named(engine), faults=faults, api_key=api_key),
+        app,
         host=host,
         port=port,
         log_level=log_level,

@@ -39,25 +39,30 @@ ERASE_PATH = f"{API_ROOT}/mieraser"
 RETRIED_STATUS = frozenset({429, 502, 503, 504})
 JSON_MAX_BYTES = 4 * 1024 * 1024
 DOWNLOAD_MAX_BYTES = 1024 * 1024 * 1024
-POLL_FIRST_S = 0.5
-POLL_MAX_S = 5.0
+POLL_FIRST_S = 0.25
 POLL_GROWTH = 1.5
+POLL_MAX_S = 5.0
+POLL_DUE_S = 0.03
+POLL_DUE_SHARE = 0.015
+"""Near a task's due time the first interval is this share of it, and at least ``POLL_DUE_S``."""
+POLL_DUE_GROWTH = 1.25
 _TIMEOUT_CAUSES = {httpx.ConnectTimeout: "connect", httpx.ReadTimeout: "read_timeout"}
 
 
 @dataclass(frozen=True)
 class SvorPrompt:
-    """A prompt in SVOR's terms: absolute pixels of the uploaded video."""
+    """A prompt as SVOR defines it: coordinates normalised to 0~1 of the frame."""
 
     frame_index: int = 0
     text: str | None = None
     remove_prompt: str | None = None
-    points: list[tuple[int, int]] = field(default_factory=list)
+    points: list[tuple[float, float]] = field(default_factory=list)
     point_labels: list[int] = field(default_factory=list)
-    boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
+    boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
     """[x, y, w, h], top-left corner."""
 
     def form(self) -> dict[str, str]:
+        """The form fields of ``sam3_prompt_seg``: coordinates and labels as JSON lists."""
         data = {"frame_index": str(self.frame_index)}
         if self.text:
             data["text"] = self.text
@@ -70,6 +75,34 @@ class SvorPrompt:
             data["bounding_boxes"] = json.dumps([list(b) for b in self.boxes])
             data["bounding_box_labels"] = json.dumps([1] * len(self.boxes))
         return data
+
+
+class PollSchedule:
+    """When to look at a task again: soon after it ends, seldom before.
+
+    With nothing known, the first look comes after ``POLL_FIRST_S`` and the
+    intervals grow by ``POLL_GROWTH`` up to ``POLL_MAX_S``. Once the last task
+    of the same kind was seen running ``due_s`` seconds after it started, the
+    intervals near that time start at ``step`` (1.5% of it, at least
+    ``POLL_DUE_S``) and grow by ``POLL_DUE_GROWTH``, and the first look comes
+    two steps before it: a task as long as the last is noticed within a step or
+    two, with three or four looks in all, and one that runs longer is looked at
+    less and less often.
+    """
+
+    def __init__(self, due_s: float | None) -> None:
+        if due_s is None:
+            self.first, self.delay, self.growth = None, POLL_FIRST_S, POLL_GROWTH
+        else:
+            step = max(POLL_DUE_S, POLL_DUE_SHARE * due_s)
+            self.first, self.delay, self.growth = max(0.0, due_s - 2 * step), step, POLL_DUE_GROWTH
+
+    def next_delay(self, elapsed: float) -> float:
+        if self.first is not None and elapsed < self.first:
+            return self.first - elapsed
+        delay = self.delay
+        self.delay = min(POLL_MAX_S, self.delay * self.growth)
+        return delay
 
 
 @dataclass(frozen=True)
@@ -175,6 +208,8 @@ class SvorClient:
             "slept_s": 0.0,
             "limiter_wait_s": 0.0,
         }
+        self.due_s: dict[str, float] = {}
+        """Per endpoint, how long its last task was seen running: where polling starts."""
 
     def segment(
         self, video: Path, prompt: SvorPrompt, progress: Progress = no_progress
@@ -210,10 +245,15 @@ class SvorClient:
     def wait(self, path: str, task_id: str, progress: Progress = no_progress) -> SvorResult:
         """Poll ``{path}/status/{task_id}`` until it ends or ``poll_deadline_s`` passes."""
         start = self.clock()
-        delay = POLL_FIRST_S
+        schedule = PollSchedule(self.due_s.get(path))
+        running_for = 0.0
         malformed = 0
         status = "unknown"
         while True:
+            elapsed = self.clock() - start
+            remaining = max(0.0, self.poll_deadline_s - elapsed)
+            self._sleep(min(schedule.next_delay(elapsed), remaining))
+            looked = self.clock() - start
             reply = self.request("GET", f"{path}/status/{task_id}")
             body = _json(reply)
             if not isinstance(body, dict):
@@ -228,20 +268,19 @@ class SvorClient:
                 malformed = 0
                 status = str(body.get("status", "unknown")).lower()
                 if status in {"completed", "success", "succeeded"}:
+                    self.due_s[path] = running_for
                     return self._completed(task_id, body)
                 if status in {"failed", "error"}:
                     reason = body.get("error_message") or _message(reply.content)
                     raise UpstreamFailed(f"SVOR task {task_id} failed: {reason}")
+                running_for = looked
             elapsed = self.clock() - start
             progress(min(0.95, elapsed / (elapsed + 20.0)))
-            remaining = self.poll_deadline_s - elapsed
-            if remaining <= 0:
+            if elapsed >= self.poll_deadline_s:
                 raise UpstreamTimeout(
                     f"SVOR task {task_id} did not finish within {self.poll_deadline_s:g} s "
                     f"(last status: {status})"
                 )
-            self._sleep(min(delay, remaining))
-            delay = min(POLL_MAX_S, delay * POLL_GROWTH)
 
     def download(self, url: str, dest: Path, *, max_bytes: int = DOWNLOAD_MAX_BYTES) -> Path:
         """Fetch a result URL (relative ones resolve against the base URL) to ``dest``."""

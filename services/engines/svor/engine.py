@@ -1,9 +1,9 @@
 """The ``svor`` engine: SVOR cloud segmentation (SAM3) and erasure (MiEraser) over HTTPS.
 
 ``SvorEngine`` turns the pipeline's files and normalised prompts into calls of
-``SvorClient`` (``svor_client.py``, which owns every retry and the shared rate
+``SvorClient`` (``client.py``, which owns every retry and the shared rate
 limit) and SVOR's answers back into vor's formats; ``fit_upload``
-(``services/upload_fit.py``) keeps every upload under the gateway's body limit.
+(``upload_fit.py``) keeps every upload under the gateway's body limit.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from services.engines.svor.client import (
     parse_retry_after,
 )
 from services.engines.svor.ratelimit import UpstreamLimiter
-from services.engines.svor.upload_fit import UploadPlan, fit_upload
+from services.engines.svor.upload_fit import UploadPlan, copy_if_fits, fit_upload
 from services.errors import (
     InvalidInput,
     UpstreamAuth,
@@ -40,7 +40,7 @@ from services.errors import (
     UpstreamTooLarge,
 )
 from services.media.masks import dilate
-from services.media.video import PixelFormat, VideoWriter, read_frames, video_size
+from services.media.video import PixelFormat, VideoWriter, read_frames, video_format, video_size
 from services.models import ClassPrompt, InputInfo
 from services.settings import Settings
 
@@ -66,7 +66,13 @@ SHRINK_FACTOR = 0.6
 
 
 class SvorEngine:
-    """The Engine protocol on top of ``SvorClient``."""
+    """The Engine protocol on top of ``SvorClient``.
+
+    The compress stage makes the one copy every call uploads (the source's own
+    video stream when it already fits, else one encode), leaving room beside it
+    for the erase call's mask; what comes back is kept as it is unless its
+    size, length or values must change.
+    """
 
     name = "svor"
 
@@ -86,10 +92,13 @@ class SvorEngine:
         return self.max_upload_bytes - UPLOAD_OVERHEAD_BYTES
 
     def prepare(self, source: Path, info: InputInfo, out_dir: Path, progress: Progress) -> Path:
-        """Compress ``source`` under the upload limit; the plan is saved as ``svor_upload.json``."""
+        """The upload, under the limit with room for a mask; its plan is ``svor_upload.json``."""
         self.capabilities.check_clip(info)
         out = Path(out_dir) / "svor_upload.mp4"
-        plan = fit_upload(source, out, target_bytes=self._budget, progress=progress)
+        target = self._budget - _mask_size_guess(info.frames, info.width, info.height)
+        plan = copy_if_fits(source, out, target_bytes=target) or fit_upload(
+            source, out, target_bytes=target, progress=progress
+        )
         plan.save(out.with_suffix(".json"))
         return out
 
@@ -103,9 +112,8 @@ class SvorEngine:
 
         def call(upload: Path) -> tuple[SvorResult, tuple[int, int]]:
             up_w, up_h, _, _ = video_size(upload)
-            return self.client.segment(
-                upload, svor_prompt(prompt, up_w, up_h), _span(progress, 0.05, 0.85)
-            ), (up_w, up_h)
+            result = self.client.segment(upload, svor_prompt(prompt), _span(progress, 0.05, 0.85))
+            return result, (up_w, up_h)
 
         (result, upload_size) = self._with_shrinking(
             video, self._budget, out_dir / f"{stem}_upload", call
@@ -113,8 +121,9 @@ class SvorEngine:
         raw = self.client.download(result.video_url, out_dir / f"{stem}_raw{_suffix(result)}")
         progress(0.9)
         object_boxes = _object_boxes(result.extra_info.get("object_boxes"))
-        mask_path = out_dir / f"{stem}.mask.mkv"
-        _write_id_mask(raw, mask_path, (width, height), fps, frames, sorted(object_boxes))
+        mask_path = _id_mask(
+            raw, out_dir / f"{stem}.mask.mkv", (width, height), fps, frames, sorted(object_boxes)
+        )
         up_w, up_h = upload_size
         objects = [
             FoundObject(obj_id, _normalise(box, up_w, up_h))
@@ -128,16 +137,17 @@ class SvorEngine:
     ) -> Path:
         out_dir = Path(out_dir)
         width, height, fps, frames = video_size(video)
-        holes = _dilated_masks(mask, (width, height), frames, dilation)
-        mask_full = out_dir / "svor_erase_mask_full.mkv"
-        with VideoWriter(mask_full, width, height, fps, codec="ffv1") as writer:
-            for hole in holes:
-                writer.write(hole)
 
         def call(upload: Path) -> tuple[SvorResult, tuple[int, int]]:
             up_w, up_h, _, _ = video_size(upload)
             mask_up = out_dir / "svor_erase_mask.mp4"
-            _encode_upload_mask(mask_full, mask_up, (up_w, up_h), fps)
+            holes = _holes(mask, (width, height), dilation, (up_w, up_h))
+            written = _encode_upload_mask(holes, mask_up, (up_w, up_h), fps)
+            if written != frames:
+                raise InvalidInput(
+                    f"the mask has {written} frames and the video {frames}; they must match",
+                    field="mask",
+                )
             if upload.stat().st_size + mask_up.stat().st_size > self._budget:
                 raise UpstreamTooLarge("video and mask together are over the upload budget")
             return self.client.erase(upload, mask_up, _span(progress, 0.05, 0.85)), (up_w, up_h)
@@ -173,22 +183,16 @@ class SvorEngine:
         return call(upload)
 
 
-def svor_prompt(prompt: ClassPrompt, width: int, height: int) -> SvorPrompt:
-    """A normalised ``ClassPrompt`` in absolute pixels of a ``width`` x ``height`` video."""
-
-    def px(value: float, extent: int) -> int:
-        return min(extent, max(0, int(round(value * extent))))
-
+def svor_prompt(prompt: ClassPrompt) -> SvorPrompt:
+    """A ``ClassPrompt`` as SVOR takes it: the same normalised coordinates, since the
+    upload is the whole frame, scaled."""
     return SvorPrompt(
         frame_index=prompt.frame_index,
         text=prompt.text,
         remove_prompt=prompt.remove_prompt,
-        points=[(px(x, width - 1), px(y, height - 1)) for x, y in prompt.points],
+        points=list(prompt.points),
         point_labels=list(prompt.point_labels),
-        boxes=[
-            (px(x, width), px(y, height), max(1, px(w, width)), max(1, px(h, height)))
-            for x, y, w, h in prompt.boxes
-        ],
+        boxes=list(prompt.boxes),
     )
 
 
@@ -234,6 +238,11 @@ def _object_boxes(value: Any) -> dict[int, tuple[float, float, float, float]]:
 def _normalise(
     box: tuple[float, float, float, float], width: int, height: int
 ) -> tuple[float, float, float, float]:
+    """An ``object_boxes`` entry (pixels of the uploaded video) as a normalised box.
+
+    The upload is the whole frame scaled, so this is also the box on the
+    original. A box the upstream reports past the frame's edge is cut at it.
+    """
     x, y, w, h = box
     x0, y0 = min(1.0, max(0.0, x / width)), min(1.0, max(0.0, y / height))
     x1, y1 = min(1.0, max(x0, (x + w) / width)), min(1.0, max(y0, (y + h) / height))
@@ -276,13 +285,20 @@ def _conformed_frames(
         yield last
 
 
-def _write_id_mask(
+def _id_mask(
     raw: Path, dest: Path, size: tuple[int, int], fps: float, frames: int, ids: list[int]
-) -> None:
+) -> Path:
+    """The upstream's object-id mask as vor keeps masks (gray8 FFV1, the working copy's size
+    and length): the downloaded file itself when it is that already, else re-encoded with
+    every value taken to the nearest known id (a lossy codec blurs them)."""
+    lossless = raw.suffix == ".mkv" and video_format(raw) == ("ffv1", "gray", *size)
+    if lossless and video_size(raw)[3] == frames:
+        return raw
     lut = _id_lut(ids)
     with VideoWriter(dest, size[0], size[1], fps, codec="ffv1") as writer:
         for image in _conformed_frames(raw, size, frames, "gray", cv2.INTER_NEAREST):
-            writer.write(lut[image])
+            writer.write(cv2.LUT(image, lut))
+    return dest
 
 
 def _objects_from_mask(mask: Path, frame_index: int) -> list[FoundObject]:
@@ -302,33 +318,38 @@ def _objects_from_mask(mask: Path, frame_index: int) -> list[FoundObject]:
     return [FoundObject(i, box) for i, box in sorted(found.items())]
 
 
-def _dilated_masks(
-    mask: Path, size: tuple[int, int], frames: int, dilation: int
-) -> list[np.ndarray]:
-    """The mask's 255 region grown by ``dilation`` px, as 0/255 frames at ``size``."""
+def _holes(
+    mask: Path, size: tuple[int, int], dilation: int, upload_size: tuple[int, int]
+) -> Iterator[np.ndarray]:
+    """The mask's marked region (values above 127) grown by ``dilation`` px at ``size``,
+    as 0/255 frames at ``upload_size``: each frame decoded once and handled as an array."""
     width, height = size
-    out: list[np.ndarray] = []
     for image in read_frames(mask, "gray"):
         if image.shape != (height, width):
             image = cv2.resize(image, (width, height), interpolation=cv2.INTER_NEAREST)
-        binary = np.where(image > 127, 255, 0).astype(np.uint8)
-        out.append(dilate(binary, dilation))
-    if len(out) != frames:
-        raise InvalidInput(
-            f"the mask has {len(out)} frames and the video {frames}; they must match",
-            field="mask",
-        )
-    return out
+        _, hole = cv2.threshold(image, 127, 255, cv2.THRESH_BINARY)
+        hole = dilate(hole, dilation)
+        if upload_size != size:
+            hole = cv2.resize(hole, upload_size, interpolation=cv2.INTER_NEAREST)
+        yield hole
 
 
-def _encode_upload_mask(mask: Path, dest: Path, size: tuple[int, int], fps: float) -> None:
-    """The 0/255 mask as lossless H.264 at the upload's size (binary masks compress well)."""
+def _encode_upload_mask(
+    holes: Iterator[np.ndarray], dest: Path, size: tuple[int, int], fps: float
+) -> int:
+    """The 0/255 mask as lossless gray H.264; frames written.
+
+    Binary masks compress well losslessly; x264's quickest preset with CABAC put
+    back writes them at half the CPU of superfast for about a tenth more bytes
+    (docs/performance.md, section 7).
+    """
     width, height = size
-    with VideoWriter(dest, width, height, fps, crf=0, preset="veryfast") as writer:
-        for image in read_frames(mask, "gray"):
-            if image.shape != (height, width):
-                image = cv2.resize(image, (width, height), interpolation=cv2.INTER_NEAREST)
-            writer.write(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR))
+    with VideoWriter(
+        dest, width, height, fps, pix_fmt="gray", crf=0, preset="ultrafast", x264_params="cabac=1"
+    ) as writer:
+        for hole in holes:
+            writer.write(hole)
+    return writer.frames
 
 
 def _mask_size_guess(frames: int, width: int, height: int) -> int:

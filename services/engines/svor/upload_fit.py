@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 
@@ -40,12 +41,14 @@ class UploadPlan:
     width: int
     height: int
     scale: float
-    crf: int
+    crf: int | None
+    """None when the source's own stream was copied (``copy_if_fits``)."""
     bytes: int
     target_bytes: int
     source_bytes: int
     frames: int
     attempts: list[dict[str, float]] = field(default_factory=list)
+    copied: bool = False
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -190,6 +193,58 @@ class _Fitter:
         else:
             trial.unlink()
         return size
+
+
+def copy_if_fits(source: Path, dest: Path, *, target_bytes: int) -> UploadPlan | None:
+    """``source``'s video stream alone, copied packet for packet into MP4, when SVOR can take
+    it as it is: H.264 in yuv420p, upright, even sides of at most ``MAX_SIDE``, under
+    ``target_bytes``. Nothing is decoded but the first frame, nothing encoded; None (and
+    no ``dest``) when any of that does not hold."""
+    container = open_input(source)
+    try:
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        width, height = int(ctx.width), int(ctx.height)
+        pix_fmt = ctx.format.name if ctx.format is not None else ""
+        if (
+            ctx.name != "h264"
+            or pix_fmt != "yuv420p"
+            or width % 2
+            or height % 2
+            or max(width, height) > MAX_SIDE
+            or stream.metadata.get("rotate", "0") != "0"
+            or int(getattr(next(container.decode(stream)), "rotation", 0) or 0) % 360
+        ):
+            return None
+        container.seek(0)
+        packets = [packet for packet in container.demux(stream) if packet.size]
+        if sum(packet.size for packet in packets) > target_bytes:
+            return None
+        out = av.open(str(dest), mode="w", format="mp4")
+        try:
+            copy = out.add_stream_from_template(stream)
+            for packet in packets:
+                packet.stream = copy
+                out.mux(packet)
+        finally:
+            out.close()
+    finally:
+        container.close()
+    size = dest.stat().st_size
+    if size > target_bytes or video_size(dest)[3] != len(packets):
+        dest.unlink()
+        return None
+    return UploadPlan(
+        width=width,
+        height=height,
+        scale=1.0,
+        crf=None,
+        bytes=size,
+        target_bytes=target_bytes,
+        source_bytes=source.stat().st_size,
+        frames=len(packets),
+        copied=True,
+    )
 
 
 def fit_upload(
