@@ -18,14 +18,9 @@ from services.media.synthetic import make_clip
 from services.media.video import read_frames
 from services.models import ClassPrompt
 from services.standin.boxes import BoxEngine
-from services.standin.server import (
-    Faults,
-    add_arguments,
-    create_app,
-    faults_from_args,
-    serve_in_thread,
-    texts_from_args,
-)
+from services.standin.cli import add_arguments, faults_from_args, texts_from_args
+from services.standin.faults import Faults
+from services.standin.server import create_app, serve_in_thread
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,8 @@
 import argparse
 import sys
 
-from services.standin.server import add_arguments, faults_from_args, serve, texts_from_args
+from services.standin.cli import add_arguments, faults_from_args, texts_from_args
+from services.standin.server import serve
 
 
 def main(argv: list[str]) -> int:
