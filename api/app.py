@@ -15,24 +15,27 @@ from api import errors, spec_parser
 from api.limits import RequestLimits
 from api.routes import events, feed, files, health, jobs, metrics, probe, ui
 from api.schemas import Error, JobEvent
-from api.warmup import warm_up
-from services import logs
+from services import logs, runtime
+from services.jobs.lifecycle import Dispatcher
 from services.models import JobSpec
 from services.settings import get_settings
 
 log = logging.getLogger("vor.api")
 
 
-@asynccontextmanager
-async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
-    await run_in_threadpool(warm_up)
-    yield
-    spec_parser.shutdown()
+def create_app(dispatcher: Dispatcher | None = None) -> FastAPI:
+    """The API; ``dispatcher`` queues jobs and webhooks (default: ``VOR_DISPATCHER``'s,
+    imported when the app starts, so importing ``api`` loads no queue or pipeline)."""
 
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.dispatcher = dispatcher or runtime.get_dispatcher()
+        await run_in_threadpool(runtime.warm_up, app.state.dispatcher)
+        yield
+        spec_parser.shutdown()
 
-def create_app() -> FastAPI:
     app = FastAPI(
-        lifespan=_lifespan,
+        lifespan=lifespan,
         title="vor",
         version="1.0",
         description="Video object removal: submit a video and what to remove; get a job id at "

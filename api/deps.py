@@ -3,39 +3,39 @@
 from __future__ import annotations
 
 import hmac
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import Depends, Path
+from fastapi import Depends, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services import logs
 from services.errors import Unauthorized
+from services.jobs.lifecycle import Lifecycle
+from services.jobs.store import JobStore
 from services.models import Job
-from services.runtime import get_storage, get_store, resolved_settings
-from services.settings import Settings
-from services.store import JobStore
+from services.runtime import get_storage, get_store
+from services.settings import Settings, get_settings
+from services.storage import Storage
 
 DEFAULT_TENANT = "default"
 
 
 # The dependencies a submission needs are async: run as plain functions they would
-# each take a hop through the thread pool on every request. Building them can
-# reach Redis (the shared webhook secret), so until they are cached (the API
-# builds them while it warms up) that first build still runs in a thread.
+# each take a hop through the thread pool on every request. Building storage can
+# reach Redis (the shared webhook secret), so until it is cached (the API builds
+# it while it warms up) that first build still runs in a thread.
 
 
 async def _settings() -> Settings:
-    if resolved_settings.cache_info().currsize:
-        return resolved_settings()
-    return await run_in_threadpool(resolved_settings)
+    return get_settings()
 
 
 async def _store() -> JobStore:
     return get_store()
 
 
-async def _storage() -> Any:
+async def _storage() -> Storage:
     if get_storage.cache_info().currsize:
         return get_storage()
     return await run_in_threadpool(get_storage)
@@ -43,7 +43,17 @@ async def _storage() -> Any:
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 JobStoreDep = Annotated[JobStore, Depends(_store)]
-StorageDep = Annotated[Any, Depends(_storage)]
+StorageDep = Annotated[Storage, Depends(_storage)]
+
+
+async def _jobs(
+    request: Request, store: JobStoreDep, storage: StorageDep, settings: SettingsDep
+) -> Lifecycle:
+    """The job service, with the ``Dispatcher`` the app was given at start-up."""
+    return Lifecycle(store, storage, settings, request.app.state.dispatcher)
+
+
+JobsDep = Annotated[Lifecycle, Depends(_jobs)]
 
 
 BEARER = HTTPBearer(

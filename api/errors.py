@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 
 from services import errors
-from services.runtime import NotConfigured
+from services.errors import NotConfigured
 
 log = logging.getLogger("vor.api")
 

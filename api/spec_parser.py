@@ -25,8 +25,8 @@ from concurrent.futures.process import BrokenProcessPool
 from functools import lru_cache
 
 from services.errors import TransientError
+from services.jobs.spec_json import parse_spec
 from services.models import JobSpec
-from services.spec_json import parse_spec
 
 INLINE_BYTES = 64 * 1024
 """Specs up to this size are parsed on the event loop: a few milliseconds at most."""

@@ -29,10 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.stages import STAGES, bmx_clip, run_job  # noqa: E402
-from services import media  # noqa: E402
-from services.client import VorClient  # noqa: E402
-from services.embedded import EmbeddedService  # noqa: E402
-from services.synthetic import make_clip  # noqa: E402
+from services.cli.client import VorClient  # noqa: E402
+from services.cli.embedded import EmbeddedService  # noqa: E402
+from services.media.synthetic import make_clip  # noqa: E402
+from services.media.video import PixelFormat, VideoWriter, read_frames, video_size  # noqa: E402
 
 
 def best(run: Callable[[], Any], repeat: int) -> float:
@@ -46,20 +46,20 @@ def best(run: Callable[[], Any], repeat: int) -> float:
 
 def codec_steps(video: Path, folder: Path, repeat: int) -> dict[str, float]:
     """Seconds of each codec step over the whole clip (best of ``repeat``)."""
-    frames = list(media.read_frames(video))
+    frames = list(read_frames(video))
     gray = [f[:, :, 1].copy() for f in frames]
     height, width = frames[0].shape[:2]
-    fps = media.video_size(video)[2]
+    fps = video_size(video)[2]
 
     def encode(name: str, images: list, **kwargs: Any) -> Path:
         path = folder / name
-        with media.VideoWriter(path, width, height, fps, **kwargs) as writer:
+        with VideoWriter(path, width, height, fps, **kwargs) as writer:
             for image in images:
                 writer.write(image)
         return path
 
-    def decode(path: Path, fmt: media.PixelFormat = "bgr24") -> None:
-        for _ in media.read_frames(path, fmt):
+    def decode(path: Path, fmt: PixelFormat = "bgr24") -> None:
+        for _ in read_frames(path, fmt):
             pass
 
     steps = {

@@ -32,9 +32,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.embedded import free_port, start_redis  # noqa: E402
-from tests.support.bodies import largest_spec  # noqa: E402
-from tests.support.rawhttp import RawRequest, open_file_bytes, rss_kib  # noqa: E402
+from bench.support.bodies import largest_spec  # noqa: E402
+from bench.support.rawhttp import RawRequest, open_file_bytes, rss_kib  # noqa: E402
+from services.cli.embedded import free_port, start_redis  # noqa: E402
 
 JSON_LIMIT = 1024 * 1024
 BOUNDARY = "vorbench"

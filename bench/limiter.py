@@ -29,12 +29,12 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.embedded import free_port, start_redis  # noqa: E402
-from services.engines.svor_client import SvorClient, SvorPrompt  # noqa: E402
+from services.cli.embedded import free_port, start_redis  # noqa: E402
+from services.engines.svor.client import SvorClient, SvorPrompt  # noqa: E402
+from services.engines.svor.ratelimit import UpstreamLimiter  # noqa: E402
 from services.errors import VorError  # noqa: E402
-from services.ratelimit import UpstreamLimiter  # noqa: E402
-from services.synthetic import make_clip  # noqa: E402
-from tests.support.processes import start_svor_server  # noqa: E402
+from services.media.synthetic import make_clip  # noqa: E402
+from services.standin.process import start_standin  # noqa: E402
 
 GO_KEY = "bench:go"
 
@@ -139,7 +139,7 @@ def main() -> None:
     clip = make_clip(folder / "clip.mp4")
     redis_port, svor_port = free_port(), free_port()
     redis_proc = start_redis(folder / "redis", redis_port)
-    svor = start_svor_server(svor_port, folder / "svor.log", "--rate-limit-per-s", str(args.rate))
+    svor = start_standin(svor_port, folder / "svor.log", "--rate-limit-per-s", str(args.rate))
     common = {
         "redis_url": f"redis://127.0.0.1:{redis_port}/0",
         "svor_url": f"http://127.0.0.1:{svor_port}",

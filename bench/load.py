@@ -33,14 +33,15 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.embedded import EmbeddedService, free_port  # noqa: E402
-from services.synthetic import make_clip  # noqa: E402
-from tests.support.processes import kill_tree, start_svor_server  # noqa: E402
+from services.cli.embedded import EmbeddedService, free_port  # noqa: E402
+from services.cli.processes import kill_tree  # noqa: E402
+from services.media.synthetic import make_clip  # noqa: E402
+from services.standin.process import start_standin  # noqa: E402
 
 
 def start_upstream(port: int, latency_s: float, log: Path) -> subprocess.Popen[bytes]:
     """The stand-in upstream, niced: in production it runs on other machines."""
-    return start_svor_server(
+    return start_standin(
         port, log, "--engine", "boxes", "--task-latency-s", str(latency_s), niceness=10
     )
 

@@ -28,8 +28,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from services.masks import mask_size, select_ids, select_union, union, write_mask
-from services.media import read_frames, run_ffmpeg
+from services.media.masks import mask_size, select_ids, select_union, union, write_mask
+from services.media.video import read_frames, run_ffmpeg
 
 
 def make_id_masks(

@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.load import start_upstream  # noqa: E402
-from services.client import VorClient  # noqa: E402
-from services.embedded import EmbeddedService, free_port  # noqa: E402
-from services.synthetic import make_clip  # noqa: E402
+from services.cli.client import VorClient  # noqa: E402
+from services.cli.embedded import EmbeddedService, free_port  # noqa: E402
+from services.media.synthetic import make_clip  # noqa: E402
 
 AFTER_SEGMENT = {"mask_convert", "merge", "erase", "publish"}
 

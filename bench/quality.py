@@ -29,11 +29,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.engines.base import no_progress  # noqa: E402
-from services.engines.local import LocalEngine  # noqa: E402
-from services.inpaint import VideoEraser, telea  # noqa: E402
-from services.media import VideoWriter, read_frames  # noqa: E402
+from services.engines.local.engine import LocalEngine  # noqa: E402
+from services.engines.local.inpaint import VideoEraser, telea  # noqa: E402
+from services.media.synthetic import make_clip, textured_background  # noqa: E402
+from services.media.video import VideoWriter, read_frames  # noqa: E402
 from services.models import ClassPrompt  # noqa: E402
-from services.synthetic import make_clip, textured_background  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DILATION = 4

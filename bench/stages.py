@@ -25,11 +25,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services import media  # noqa: E402
-from services.client import VorClient  # noqa: E402
-from services.embedded import EmbeddedService, free_port  # noqa: E402
-from services.synthetic import make_clip  # noqa: E402
-from tests.support.processes import start_svor_server  # noqa: E402
+from services.cli.client import VorClient  # noqa: E402
+from services.cli.embedded import EmbeddedService, free_port  # noqa: E402
+from services.media.synthetic import make_clip  # noqa: E402
+from services.media.video import probe, read_frames, write_video  # noqa: E402
+from services.standin.process import start_standin  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 STAGES = ["compress", "segment", "mask_convert", "merge", "erase", "publish"]
@@ -47,15 +47,15 @@ def bmx_clip(folder: Path, max_frames: int | None) -> tuple[Path, list[float]] |
     )
     if not video.exists():
         return None
-    first = next(media.read_frames(mask, "gray"))
+    first = next(read_frames(mask, "gray"))
     ys, xs = np.nonzero(first > 127)
     h, w = first.shape
     box = [xs.min() / w, ys.min() / h, (xs.max() - xs.min() + 1) / w, (ys.max() - ys.min() + 1) / h]
     if max_frames is None:
         return video, [float(v) for v in box]
     out = folder / f"bmx-{max_frames}.mp4"
-    frames = [f for _, f in zip(range(max_frames), media.read_frames(video), strict=False)]
-    media.write_video(out, frames, 24, crf=16)
+    frames = [f for _, f in zip(range(max_frames), read_frames(video), strict=False)]
+    write_video(out, frames, 24, crf=16)
     return out, [float(v) for v in box]
 
 
@@ -105,7 +105,7 @@ def main() -> None:
     if car:
         clips["running-car 972x540x292 (mask)"] = (car[0], None, car[1])
     svor_port = free_port()
-    svor = start_svor_server(svor_port, folder / "svor.log")
+    svor = start_standin(svor_port, folder / "svor.log")
     svor_url = f"http://127.0.0.1:{svor_port}"
     env = {"VOR_SVOR_BASE_URL": svor_url, "VOR_MAX_DURATION_S": "600"}
     rows = []
@@ -113,7 +113,7 @@ def main() -> None:
         with EmbeddedService(folder / "vor", workers=args.workers, env=env) as service:
             client = VorClient(service.url)
             for name, (video, box, mask) in clips.items():
-                info = media.probe(video)
+                info = probe(video)
                 for engine in ("local", "svor"):
                     if engine == "svor" and info.duration_s > 3.0:
                         continue

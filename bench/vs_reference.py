@@ -57,11 +57,12 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services import media  # noqa: E402
-from services.client import VorClient  # noqa: E402
-from services.embedded import free_port  # noqa: E402
-from services.synthetic import make_clip  # noqa: E402
-from tests.support.processes import descendants, start_svor_server  # noqa: E402
+from services.cli.client import VorClient  # noqa: E402
+from services.cli.embedded import free_port  # noqa: E402
+from services.cli.processes import descendants  # noqa: E402
+from services.media.synthetic import make_clip  # noqa: E402
+from services.media.video import VideoWriter, ffmpeg_exe, probe, read_frames, run_ffmpeg, video_size  # noqa: E402
+from services.standin.process import start_standin  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 API = "/customize/xiaomi-ev/video_obj_removal/customize/v1/videos"
@@ -89,7 +90,7 @@ def running_car_clip(folder: Path) -> tuple[str, Path, list[float]] | None:
     if not video.exists():
         return None
     out = folder / "running-car.mp4"
-    media.run_ffmpeg(
+    run_ffmpeg(
         [
             "-i",
             str(video),
@@ -135,7 +136,7 @@ def _role(pid: int) -> str:
     except OSError:
         return "gone"
     words = [a.decode(errors="replace") for a in args]
-    if "worker" in words:
+    if "worker" in words or "workers" in words:
         return "worker-" + words[words.index("--queues") + 1] if "--queues" in words else "worker"
     if "api" in words:
         return "api"
@@ -179,7 +180,7 @@ def own_cpu_s() -> float:
 
 def ffmpeg(*args: str) -> None:
     subprocess.run(
-        [media.ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args],
+        [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args],
         check=True,
         capture_output=True,
     )
@@ -453,9 +454,9 @@ def _verdict(text: str, ok: bool) -> str:
 
 def profile(folder: Path, upstream: str, clip: tuple[str, Path, list[float]]) -> None:
     """Each step of vor's svor path, in this process: CPU and wall seconds."""
-    from services import compose, masks, preview
     from services.engines.base import no_progress
-    from services.engines.svor import SvorClient, SvorEngine
+    from services.engines.svor.engine import SvorClient, SvorEngine
+    from services.media import compose, masks, preview
     from services.models import ClassPrompt
 
     name, video, box = clip
@@ -463,7 +464,7 @@ def profile(folder: Path, upstream: str, clip: tuple[str, Path, list[float]]) ->
     work = folder / "profile"
     work.mkdir()
     engine = SvorEngine(SvorClient(httpx.Client(timeout=60), base_url=upstream, api_key=None))
-    info = media.probe(video)
+    info = probe(video)
     rows: list[tuple[str, float, float]] = []
 
     def step(label: str, call: Callable[[], Any]) -> Any:
@@ -525,22 +526,22 @@ def encode_settings(clips: list[tuple[str, Path, list[float]]], folder: Path) ->
     print("re-encode against the decoded input)")
     print(f"{'clip':<24} {'setting':<42} {'CPU s':>6} {'bytes':>8} {'PSNR dB':>8}")
     for name, video, _ in clips:
-        frames = list(media.read_frames(video, "yuv420p"))
+        frames = list(read_frames(video, "yuv420p"))
         height, width = frames[0].shape[0] * 2 // 3, frames[0].shape[1]
-        fps = media.video_size(video)[2]
+        fps = video_size(video)[2]
         for label, setting in ENCODES.items():
             out, best = folder / "encode.mp4", float("inf")
             for _ in range(2):
                 preset = setting if setting == "superfast" else "veryfast"
                 params = None if setting in (None, "superfast") else setting
                 cpu0 = time.process_time()
-                with media.VideoWriter(
+                with VideoWriter(
                     out, width, height, fps, crf=17, preset=preset, x264_params=params
                 ) as writer:
                     for frame in frames:
                         writer.write(frame, "yuv420p")
                 best = min(best, time.process_time() - cpu0)
-            pairs = zip(frames, media.read_frames(out, "yuv420p"), strict=True)
+            pairs = zip(frames, read_frames(out, "yuv420p"), strict=True)
             mse = np.mean([np.mean((a.astype(float) - b) ** 2) for a, b in pairs])
             psnr = 10 * np.log10(255**2 / mse)
             print(f"{name:<24} {label:<42} {best:6.3f} {out.stat().st_size:8d} {psnr:8.2f}")
@@ -560,7 +561,7 @@ def mask_encode_settings(clips: list[tuple[str, Path, list[float]]], folder: Pat
     print("\nthe erase mask as lossless gray H.264, each setting (the clip's box, CPU best of 3)")
     print(f"{'clip':<24} {'setting':<42} {'CPU s':>6} {'bytes':>8}")
     for name, video, box in clips:
-        width, height, fps, frames = media.video_size(video)
+        width, height, fps, frames = video_size(video)
         hole = np.zeros((height, width), np.uint8)
         sizes = (width, height, width, height)
         x, y, w, h = (round(v * s) for v, s in zip(box, sizes, strict=True))
@@ -569,7 +570,7 @@ def mask_encode_settings(clips: list[tuple[str, Path, list[float]]], folder: Pat
             out, best = folder / "mask.mp4", float("inf")
             for _ in range(3):
                 cpu0 = time.process_time()
-                with media.VideoWriter(
+                with VideoWriter(
                     out, width, height, fps, pix_fmt="gray", crf=0, preset=preset,
                     x264_params=params,
                 ) as writer:  # fmt: skip
@@ -603,7 +604,7 @@ def main() -> None:
     if car:
         clips.append(car)
     port = free_port()
-    upstream_proc = start_svor_server(
+    upstream_proc = start_standin(
         port,
         folder / "svor.log",
         "--engine",

@@ -137,3 +137,8 @@ class TransientError(VorError):
 
 class StorageUnavailable(TransientError):
     code = "storage_unavailable"
+
+
+class NotConfigured(RuntimeError):
+    """The process lacks a setting it cannot run without (no Redis URL, a bad
+    ``VOR_DISPATCHER``); the message says what to set."""

@@ -14,12 +14,11 @@ from __future__ import annotations
 import json
 import logging
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
-from kombu.transport.redis import PRIORITY_STEPS, Channel
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -31,13 +30,9 @@ from prometheus_client.utils import floatToGoString
 
 from services.models import Status
 
-if TYPE_CHECKING:
-    from services.webhooks import DeliveryResult
-
 log = logging.getLogger("vor.metrics")
 
 PREFIX = "vor"
-QUEUES = ("cpu", "io")
 RedisSource = Callable[[], redis.Redis]
 
 
@@ -154,18 +149,8 @@ def count_transition(
         pipe.hincrby(key, after.value, 1)
 
 
-def webhook_delivered(
-    client: redis.Redis, event: str, result: DeliveryResult | None, *, retrying: bool
-) -> None:
-    """Count one delivery attempt; ``result`` None means nothing was sent."""
-    if result is None:
-        return
-    if result.ok:
-        outcome = "ok"
-    elif result.gone:
-        outcome = "gone"
-    else:
-        outcome = "retry" if retrying else "failed"
+def webhook_delivered(client: redis.Redis, event: str, outcome: str) -> None:
+    """Count one delivery attempt: ``ok``, ``retry``, ``failed`` or ``gone``."""
     inc(client, WEBHOOK_DELIVERIES, event=event, outcome=outcome)
 
 
@@ -179,35 +164,30 @@ def upstream_observer(client: redis.Redis, *, prefix: str = PREFIX) -> Callable[
     return record
 
 
-def queue_keys(queue: str) -> list[str]:
-    """The broker lists of one Celery queue: kombu keeps one list per priority step."""
-    return [f"{queue}{Channel.sep}{step}" if step else queue for step in PRIORITY_STEPS]
+@dataclass(frozen=True)
+class QueueDepths:
+    """What waits in the queues: messages per queue, and those a worker holds unacked."""
+
+    waiting: dict[str, int]
+    unacked: int
 
 
 class RedisCollector(Collector):
-    """Prometheus families read from Redis at scrape time, in one round trip per Redis.
-
-    ``store`` is the job store's Redis (metrics and status counts), ``broker``
-    Celery's (queue lengths); they may be the same server.
-    """
+    """Prometheus families read at scrape time: the stored ones from the job store's
+    Redis in one round trip, the queues' depths from ``queues`` (the ``Dispatcher``'s,
+    which knows where its queue keeps them)."""
 
     def __init__(
-        self,
-        store: RedisSource,
-        broker: RedisSource,
-        *,
-        prefix: str = PREFIX,
-        queues: Iterable[str] = QUEUES,
+        self, store: RedisSource, queues: Callable[[], QueueDepths], *, prefix: str = PREFIX
     ) -> None:
         self.store = store
-        self.broker = broker
+        self.queues = queues
         self.prefix = prefix
-        self.queues = tuple(queues)
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("vor_metrics_redis_up", "1 when Redis answered this scrape.")
         try:
-            families = [*self._stored(), *self._queues()]
+            families = [*self._stored(), *_queue_families(self.queues())]
         except redis.RedisError as exc:
             log.warning("metrics scrape failed: %s", exc)
             up.add_metric([], 0)
@@ -231,28 +211,20 @@ class RedisCollector(Collector):
                 families.append(_histogram_family(metric, raw))
         return families
 
-    def _queues(self) -> list[Metric]:
-        pipe = self.broker().pipeline(transaction=False)
-        for queue in self.queues:
-            for key in queue_keys(queue):
-                pipe.llen(key)
-        pipe.hlen(Channel.unacked_key)
-        *lengths, unacked = pipe.execute()
-        depth = GaugeMetricFamily(
-            "vor_queue_depth",
-            "Messages waiting in a Celery queue (all priorities).",
-            labels=["queue"],
-        )
-        steps = len(PRIORITY_STEPS)
-        for index, queue in enumerate(self.queues):
-            depth.add_metric([queue], sum(lengths[index * steps : (index + 1) * steps]))
-        in_flight = GaugeMetricFamily(
-            "vor_queue_unacked",
-            "Messages delivered to a worker and not yet acknowledged (running, or waiting "
-            "for a retry countdown).",
-        )
-        in_flight.add_metric([], unacked)
-        return [depth, in_flight]
+
+def _queue_families(depths: QueueDepths) -> list[Metric]:
+    depth = GaugeMetricFamily(
+        "vor_queue_depth", "Messages waiting in a queue (all priorities).", labels=["queue"]
+    )
+    for queue, waiting in depths.waiting.items():
+        depth.add_metric([queue], waiting)
+    in_flight = GaugeMetricFamily(
+        "vor_queue_unacked",
+        "Messages delivered to a worker and not yet acknowledged (running, or waiting "
+        "for a retry countdown).",
+    )
+    in_flight.add_metric([], depths.unacked)
+    return [depth, in_flight]
 
 
 def _jobs_family(raw: dict[bytes, bytes]) -> GaugeMetricFamily:
@@ -277,7 +249,7 @@ def _histogram_family(metric: Histogram, raw: dict[bytes, bytes]) -> HistogramMe
         labels, _, part = field.decode().rpartition("|")
         series.setdefault(labels, {})[part] = float(value)
     family = HistogramMetricFamily(metric.name, metric.help, labels=list(metric.labels))
-    bounds = [*(floatToGoString(b) for b in metric.buckets), "+Inf"]
+    bounds = [*(floatToGoString(b) for b in metric.buckets), "+Inf"]  # type: ignore[no-untyped-call]
     for labels, parts in sorted(series.items()):
         running = 0.0
         buckets: list[tuple[str, float]] = []

@@ -16,6 +16,8 @@ from pydantic import (
     model_validator,
 )
 
+from services.errors import InvalidSpec
+
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 LABEL_PATTERN = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 """A class label, matched whole (``fullmatch``: ``$`` would let a final newline through)."""
@@ -41,6 +43,13 @@ class Stage(StrEnum):
     merge = "merge"
     erase = "erase"
     publish = "publish"
+
+
+class Queue(StrEnum):
+    """Where work waits for a worker: ``cpu`` for computing, ``io`` for waiting on the network."""
+
+    cpu = "cpu"
+    io = "io"
 
 
 class ClassPrompt(BaseModel):
@@ -99,6 +108,15 @@ class ClassPrompt(BaseModel):
     @property
     def has_geometry(self) -> bool:
         return bool(self.boxes or self.points)
+
+    def check_frame_index(self, frames: int, *, field: str) -> None:
+        """Refuse an annotation frame past the video's last (``frames`` frames long)."""
+        if self.frame_index >= frames:
+            raise InvalidSpec(
+                f"frame_index {self.frame_index} is past the last frame: the video has "
+                f"{frames} frames (0..{frames - 1})",
+                field=field,
+            )
 
 
 class JobOptions(BaseModel):

@@ -6,6 +6,7 @@ Nothing else in the project reads ``os.environ``: ask ``get_settings()``.
 from __future__ import annotations
 
 import ipaddress
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -28,6 +29,9 @@ class Settings(BaseSettings):
     url_expiry_s: int = 7 * 24 * 3600
 
     engine: str = "local"
+    dispatcher: str = "workers.dispatch:CeleryDispatcher"
+    """``module:factory`` of the ``Dispatcher`` that queues stages and webhooks; the
+    API imports it by this name at start-up (``services.runtime.get_dispatcher``)."""
     svor_base_url: str = DEFAULT_SVOR_BASE_URL
     svor_api_key: str | None = Field(
         default=None, validation_alias=AliasChoices("SVOR_API_KEY", "VOR_SVOR_API_KEY")
@@ -145,3 +149,25 @@ def seconds_by_stage(text: str | None) -> dict[str, float]:
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+SERVED_FILE = "vor.json"
+"""What a running ``vor serve`` writes into its data directory: its API, Redis and broker URLs."""
+
+
+def served_file(data_dir: Path) -> Path:
+    return data_dir.resolve() / SERVED_FILE
+
+
+def served(settings: Settings) -> dict[str, str]:
+    """The URLs a ``vor serve`` on ``VOR_DATA_DIR`` wrote down; empty when none runs there.
+
+    This is how a process started by hand (``celery -A workers.celery_app inspect
+    ping``, Flower, one more ``vor worker``) finds the embedded Redis, whose port
+    is picked at random.
+    """
+    try:
+        data = json.loads(served_file(settings.data_dir).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}

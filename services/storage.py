@@ -19,7 +19,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any, Protocol
 from urllib.parse import quote, urlencode, urlsplit
@@ -37,7 +36,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from services.errors import InvalidInput, NotFound, StorageUnavailable, Unauthorized, VorError
-from services.settings import Settings, get_settings
+from services.settings import Settings
 
 MAX_PRESIGN_S = 7 * 24 * 3600
 """SigV4 presigned URLs live at most 7 days."""
@@ -421,22 +420,24 @@ class S3Storage:
             raise StorageUnavailable(f"S3 bucket {self.bucket!r} is not usable: {exc}") from exc
 
 
-def signing_secret(settings: Settings) -> bytes:
-    """``VOR_SIGNING_KEY``, or a key derived from ``VOR_WEBHOOK_SECRET`` under a fixed label.
+def signing_secret(settings: Settings, webhook_secret: str | None = None) -> bytes:
+    """``VOR_SIGNING_KEY``, or a key derived from the webhook secret under a fixed label
+    (``webhook_secret``: the one shared through Redis when ``VOR_WEBHOOK_SECRET`` is unset).
 
     Every API and worker process must sign alike, so the key is never random.
     """
     if settings.signing_key:
         return settings.signing_key.encode()
-    if settings.webhook_secret:
-        return hmac.new(settings.webhook_secret.encode(), _SIGNING_LABEL, hashlib.sha256).digest()
+    secret = webhook_secret or settings.webhook_secret
+    if secret:
+        return hmac.new(secret.encode(), _SIGNING_LABEL, hashlib.sha256).digest()
     raise ValueError(
         "file storage signs its download URLs: set VOR_SIGNING_KEY (or VOR_WEBHOOK_SECRET, "
         "from which a key is derived)"
     )
 
 
-def storage_from_settings(settings: Settings) -> Storage:
+def storage_from_settings(settings: Settings, *, webhook_secret: str | None = None) -> Storage:
     url = settings.storage
     parts = urlsplit(url)
     if parts.scheme == "file":
@@ -444,7 +445,7 @@ def storage_from_settings(settings: Settings) -> Storage:
             raise ValueError(f"VOR_STORAGE_URL {url!r}: a file URL needs an absolute path")
         return FileStorage(
             Path(parts.path),
-            UrlSigner(signing_secret(settings)),
+            UrlSigner(signing_secret(settings, webhook_secret)),
             settings.public_url,
             default_expiry_s=settings.url_expiry_s,
         )
@@ -456,8 +457,3 @@ def storage_from_settings(settings: Settings) -> Storage:
     raise ValueError(
         f"VOR_STORAGE_URL {url!r} is not supported: use file:///abs/path or s3://bucket/prefix"
     )
-
-
-@lru_cache
-def get_storage() -> Storage:
-    return storage_from_settings(get_settings())

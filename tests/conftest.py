@@ -16,9 +16,9 @@ import httpx
 import pytest
 import redis
 
-from services.embedded import EmbeddedService, free_port, start_redis
-from services.synthetic import SyntheticClip, make_clip
-from tests.support.processes import start_svor_server
+from services.cli.embedded import EmbeddedService, free_port, start_redis
+from services.media.synthetic import SyntheticClip, make_clip
+from services.standin.process import start_standin
 
 TEST_DB_BLOCKS = (0, 4, 8, 11)
 """A test session uses Redis databases base..base+3; four sessions may run side by side."""
@@ -82,7 +82,7 @@ def svor_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``vor svor-server`` as a real process, faults set per test through ``/_faults``."""
     port = free_port()
     log = tmp_path_factory.mktemp("svor") / "svor.log"
-    proc = start_svor_server(port, log, "--api-key", SVOR_KEY)
+    proc = start_standin(port, log, "--api-key", SVOR_KEY)
     url = f"http://127.0.0.1:{port}"
     yield url
     proc.terminate()

@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.embedded import EmbeddedService
-from services.synthetic import SyntheticClip
+from services.cli.embedded import EmbeddedService
+from services.media.synthetic import SyntheticClip
 from tests.helpers import accepted, error_of, submit, wait
 
 pytestmark = pytest.mark.timeout(120)
@@ -188,7 +188,7 @@ def test_bad_spec_is_refused_with_its_field(
 ) -> None:
     video = clip.path
     if spec.get("engine") == "svor":
-        from services.synthetic import make_clip
+        from services.media.synthetic import make_clip
 
         video = make_clip(tmp_path / "long.mp4", frames=48, fps=12).path
     before = acme.get("/v1/jobs", params={"limit": 100}).json()["jobs"]
@@ -279,7 +279,7 @@ def test_unknown_job_is_404(acme: httpx.Client) -> None:
 def test_limits_are_enforced_at_submit(
     acme: httpx.Client, tmp_path: Path, clip: SyntheticClip
 ) -> None:
-    from services.synthetic import make_clip
+    from services.media.synthetic import make_clip
 
     spec = box_spec(clip)
     long = make_clip(tmp_path / "long.mp4", frames=25, fps=1)

@@ -14,11 +14,14 @@ import cv2
 import httpx
 import pytest
 
-from services import media
-from services.embedded import EmbeddedService, free_port, start_redis
-from services.synthetic import SyntheticClip
+import workers.__main__ as worker_main
+from services.cli import main
+from services.cli.embedded import EmbeddedService, free_port, start_redis, worker_args
+from services.cli.processes import alive, descendants
+from services.media.synthetic import SyntheticClip
+from services.media.video import probe
+from services.settings import get_settings
 from tests.conftest import API_KEYS
-from tests.support.processes import alive, descendants
 
 VOR = [sys.executable, "-m", "services.cli"]
 
@@ -39,8 +42,8 @@ def test_demo_runs_end_to_end_on_the_embedded_default(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "before/after:" in proc.stdout and "stage timings:" in proc.stdout
-    result = media.probe(out / "result.mp4")
-    original = media.probe(out / "input.mp4")
+    result = probe(out / "result.mp4")
+    original = probe(out / "input.mp4")
     assert (result.width, result.height, result.frames) == (
         original.width, original.height, original.frames,
     )  # fmt: skip
@@ -190,7 +193,7 @@ def test_remove_segment_then_skip_segment_against_a_server(
         env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )  # fmt: skip
     assert remove.returncode == 0, remove.stderr
-    assert media.probe(out).frames == 12
+    assert probe(out).frames == 12
 
 
 def test_remove_reports_a_bad_prompt_clearly(
@@ -216,3 +219,64 @@ def test_remove_reports_a_file_that_is_not_a_video_clearly(tmp_path: Path) -> No
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("vor: the file is not a readable video"), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_parser_knows_every_command() -> None:
+    parser = main.build_parser()
+    args = parser.parse_args(["worker", "--queues", "io", "--pool", "threads"])
+    assert (args.queues, args.pool, args.concurrency) == ("io", "threads", None)
+    assert parser.parse_args(["worker"]).queues == "cpu,io"
+    assert set(main.COMMANDS) | {"svor-server"} == {
+        "serve",
+        "api",
+        "worker",
+        "remove",
+        "demo",
+        "svor-server",
+    }
+
+
+def test_a_worker_is_named_by_its_queues_and_pid(monkeypatch: pytest.MonkeyPatch) -> None:
+    args = worker_main.parser().parse_args(worker_args("cpu", "prefork", 2))
+    monkeypatch.setenv("VOR_LOG_FORMAT", "json")
+    get_settings.cache_clear()
+    try:
+        argv = worker_main.celery_argv(args, 4242)
+    finally:
+        get_settings.cache_clear()
+    assert argv[:2] == ["--quiet", "worker"] and argv[-2:] == ["--concurrency", "2"]
+    assert argv[argv.index("--hostname") + 1] == "cpu-4242@%h"
+    assert argv[argv.index("--pool") + 1] == "prefork"
+
+
+def test_svor_server_and_worker_run_as_their_own_modules(tmp_path: Path) -> None:
+    """``vor svor-server`` becomes ``python -m services.standin``: its flags are the stand-in's."""
+    out = subprocess.run(
+        [*VOR, "svor-server", "--help"], env=clean_env(tmp_path), capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "usage: vor svor-server" in out.stdout and "--burst-429" in out.stdout
+    worker = subprocess.run(
+        [*VOR, "worker", "--queues", "cpu", "--pool", "solo"], env=clean_env(tmp_path),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert worker.returncode == 2, worker.stderr
+    assert worker.stderr.startswith("vor: VOR_REDIS_URL is not set"), worker.stderr
+    port = free_port()
+    proc = subprocess.Popen(
+        [*VOR, "svor-server", "--port", str(port)], env=clean_env(tmp_path),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/_stats", timeout=1).status_code == 200
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -22,11 +22,11 @@ import httpx
 import numpy as np
 import pytest
 
-from services import media
-from services.embedded import EmbeddedService, free_port
-from services.synthetic import SyntheticClip, make_clip_with
+from services.cli.embedded import EmbeddedService, free_port
+from services.media.synthetic import SyntheticClip, make_clip_with
+from services.media.video import read_frames
+from services.standin.process import start_standin
 from tests.conftest import API_KEYS, SVOR_KEY, service_env
-from tests.support.processes import start_svor_server
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -73,7 +73,7 @@ def stand_in(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log = tmp_path_factory.mktemp("stand-in") / "svor.log"
     flags = [arg for box in boxes for arg in ("--text-box", box)]
-    proc = start_svor_server(port, log, "--api-key", SVOR_KEY, *flags)
+    proc = start_standin(port, log, "--api-key", SVOR_KEY, *flags)
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(10)
@@ -129,8 +129,8 @@ def printed_objects(stdout: str, label: str) -> dict[int, list[float]]:
 
 def removed_and_kept(clip: SyntheticClip, result: Path) -> tuple[set[int], set[int]]:
     """Which balls the result erased (mostly background inside them) and which it kept."""
-    frames = list(media.read_frames(result))
-    original = list(media.read_frames(clip.path))
+    frames = list(read_frames(result))
+    original = list(read_frames(clip.path))
     assert len(frames) == len(original)
     removed, kept = set(), set()
     background = clip.background.astype(int)

@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from services.compose import Blend, _bgr_frames, _planar_frames, composite, pad_even
 from services.errors import VorError
-from services.media import probe, read_frames, run_ffmpeg, write_video
-from services.synthetic import SyntheticClip, make_clip
+from services.media.compose import Blend, _bgr_frames, _planar_frames, composite, pad_even
+from services.media.synthetic import SyntheticClip, make_clip
+from services.media.video import probe, read_frames, run_ffmpeg, write_video
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -25,9 +25,9 @@ import httpx
 import numpy as np
 import pytest
 
-from services import media
-from services.embedded import EmbeddedService, free_port
-from services.synthetic import SyntheticClip, make_clip
+from services.cli.embedded import EmbeddedService, free_port
+from services.media.synthetic import SyntheticClip, make_clip
+from services.media.video import read_frames, run_ffmpeg
 from tests.conftest import API_KEYS
 from tests.helpers import accepted
 from tests.support import browser
@@ -134,7 +134,7 @@ def canvas_frame_index(page: browser.Page, clip: SyntheticClip) -> int:
     image = cv2.resize(
         cv2.imdecode(png, cv2.IMREAD_COLOR), (clip.width, clip.height), cv2.INTER_AREA
     )
-    errors = [np.abs(image.astype(int) - f).mean() for f in media.read_frames(clip.path)]
+    errors = [np.abs(image.astype(int) - f).mean() for f in read_frames(clip.path)]
     return int(np.argmin(errors))
 
 
@@ -163,8 +163,8 @@ def choose(page: browser.Page, label: str, obj: dict[str, Any]) -> None:
 
 
 def removed_in_every_frame(result: Path, clip: SyntheticClip, object_id: int = 1) -> None:
-    frames = list(media.read_frames(result))
-    original = list(media.read_frames(clip.path))
+    frames = list(read_frames(result))
+    original = list(read_frames(clip.path))
     assert len(frames) == len(original)
     for index, (after, before) in enumerate(zip(frames, original, strict=True)):
         region = clip.masks[index] == object_id
@@ -449,7 +449,7 @@ def test_a_webm_is_measured_by_the_server_and_scrubbed_to_the_frame(
 ) -> None:
     """No MP4 header to read the frame rate from: the page asks POST /v1/probe."""
     webm = tmp_path / "disc.webm"
-    media.run_ffmpeg(["-i", str(clip.path), "-an", "-c:v", "libvpx-vp9", "-crf", "20",
+    run_ffmpeg(["-i", str(clip.path), "-an", "-c:v", "libvpx-vp9", "-crf", "20",
                       "-b:v", "0", str(webm)])  # fmt: skip
     page.open("#new")
     upload(page, webm)

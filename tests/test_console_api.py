@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from services.embedded import EmbeddedService
-from services.synthetic import SyntheticClip
+from services.cli.embedded import EmbeddedService
+from services.media.synthetic import SyntheticClip
 from tests.conftest import api_client
 from tests.helpers import accepted, error_of, submit, wait
 

@@ -122,9 +122,9 @@ def _env_example() -> dict[str, str]:
 @cache
 def _cli_parser() -> argparse.ArgumentParser | None:
     try:
-        cli = importlib.import_module("services.cli")
+        cli = importlib.import_module("services.cli.main")
     except ModuleNotFoundError as exc:
-        if exc.name == "services.cli":
+        if exc.name in ("services.cli", "services.cli.main"):
             return None
         raise
     build = getattr(cli, "build_parser", None)

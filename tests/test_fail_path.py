@@ -1,4 +1,4 @@
-"""Every way a job fails goes through one function, ``pipeline.fail``: its state, the
+"""Every way a job fails goes through one function, ``Lifecycle.fail``: its state, the
 ``job.failed`` webhook, the clean-up of its scratch files and the failure metric.
 
 First the function's two callers side by side, on a real Redis without Celery: a
@@ -26,21 +26,29 @@ import pytest
 import redis
 from standardwebhooks.webhooks import Webhook
 
-from services import metrics, pipeline, sweeper
-from services.embedded import EmbeddedService
+from services import metrics
+from services.cli.embedded import EmbeddedService
+from services.cli.processes import kill_tree
 from services.errors import NotFound
+from services.jobs import pipeline, sweeper
+from services.jobs.lifecycle import Lifecycle
+from services.jobs.store import JobStore, new_job_id
+from services.media.synthetic import SyntheticClip, make_clip
 from services.models import Job, JobSpec, Stage, Status, utcnow
 from services.settings import Settings
 from services.storage import FileStorage, UrlSigner
-from services.store import JobStore, new_job_id
-from services.synthetic import SyntheticClip, make_clip
 from tests.conftest import WEBHOOK_SECRET, api_client, service_env
 from tests.helpers import accepted, wait, wait_for_stage
-from tests.support.processes import kill_tree
+from tests.support.jobs import Recording
 from tests.support.receiver import Receiver
 
 TIME_LIMIT_S = 6
-SPEC = JobSpec.model_validate({"classes": [{"label": "a", "boxes": [[0.1, 0.1, 0.2, 0.2]]}]})
+SPEC = JobSpec.model_validate(
+    {
+        "classes": [{"label": "a", "boxes": [[0.1, 0.1, 0.2, 0.2]]}],
+        "webhook_url": "http://127.0.0.1:9/hook",
+    }
+)
 
 
 @pytest.fixture
@@ -52,9 +60,8 @@ def own_redis(redis_url: str) -> redis.Redis:
 
 
 @pytest.fixture
-def resources(own_redis: redis.Redis, tmp_path: Path) -> tuple[pipeline.Resources, list[str]]:
-    """Resources as a worker has them, whose webhooks land in a list."""
-    sent: list[str] = []
+def resources(own_redis: redis.Redis, tmp_path: Path) -> tuple[pipeline.Resources, Recording]:
+    """Resources as a worker has them, whose webhooks and enqueued jobs land in a list."""
     settings = Settings(
         data_dir=tmp_path / "data",
         stage_time_limit_s=TIME_LIMIT_S,
@@ -62,13 +69,13 @@ def resources(own_redis: redis.Redis, tmp_path: Path) -> tuple[pipeline.Resource
         webhook_secret=WEBHOOK_SECRET,
     )
     storage = FileStorage(tmp_path / "storage", UrlSigner(b"k" * 32), "http://vor.test")
-    res = pipeline.Resources(
-        store=JobStore(own_redis),
-        storage=storage,
-        settings=settings,
-        notify=lambda job_id, event: sent.append(f"{job_id} {event}"),
-    )
-    return res, sent
+    queue = Recording()
+    res = pipeline.Resources(jobs=Lifecycle(JobStore(own_redis), storage, settings, queue))
+    return res, queue
+
+
+def sent(queue: Recording) -> list[str]:
+    return [f"{job_id} {event}" for job_id, event, _ in queue.notified]
 
 
 def failures(client: redis.Redis) -> dict[str, int]:
@@ -84,9 +91,9 @@ def scratch_of(res: pipeline.Resources, job_id: str) -> Path:
 
 
 def test_a_failing_stage_and_a_timed_out_stage_fail_alike(
-    resources: tuple[pipeline.Resources, list[str]], own_redis: redis.Redis, tmp_path: Path
+    resources: tuple[pipeline.Resources, Recording], own_redis: redis.Redis, tmp_path: Path
 ) -> None:
-    res, sent = resources
+    res, queue = resources
     # A stage fails: the compress stage finds its input is not a video.
     broken = Job(id=new_job_id(), tenant="t", mode="remove", engine="local", spec=SPEC)
     res.storage.put_bytes(f"jobs/{broken.id}/input.mp4", b"not a video at all" * 100)
@@ -101,8 +108,9 @@ def test_a_failing_stage_and_a_timed_out_stage_fail_alike(
     long_ago = utcnow() - timedelta(seconds=TIME_LIMIT_S + 5)
     res.store.update(stuck.id, lambda job: setattr(job, "stage_started_at", long_ago))
     stuck_scratch = scratch_of(res, stuck.id)
-    report = sweeper.sweep(res, own_redis, enqueue=lambda job: pytest.fail("not to requeue"))
+    report = sweeper.sweep(res.jobs)
 
+    assert queue.enqueued == [], "nothing to requeue"
     assert outcome == pipeline.StageOutcome.failed
     assert report.failed == [stuck.id]
     failed, timed_out = res.store.require(broken.id), res.store.require(stuck.id)
@@ -112,26 +120,22 @@ def test_a_failing_stage_and_a_timed_out_stage_fail_alike(
     )  # fmt: skip
     assert timed_out.error and timed_out.error.stage == "erase"
     assert f"did not finish within {TIME_LIMIT_S} s" in timed_out.error.message
-    assert sent == [
-        f"{broken.id} job.progress",
-        f"{broken.id} job.failed",
-        f"{stuck.id} job.failed",
-    ]
+    assert sent(queue) == [f"{broken.id} job.failed", f"{stuck.id} job.failed"]
     assert not stage_scratch.exists() and not stuck_scratch.exists()
     assert failures(own_redis) == {"invalid_input@compress": 1, "stage_timeout@erase": 1}
 
     # A job already ended is left as it is: no second webhook, no second count.
-    assert pipeline.fail(res, stuck.id, Stage.erase, RuntimeError("late")) is None
-    assert sweeper.sweep(res, own_redis, enqueue=lambda job: None).failed == []
-    assert len(sent) == 3 and failures(own_redis)["stage_timeout@erase"] == 1
+    assert res.jobs.fail(stuck.id, Stage.erase, RuntimeError("late")) is None
+    assert sweeper.sweep(res.jobs).failed == []
+    assert len(sent(queue)) == 2 and failures(own_redis)["stage_timeout@erase"] == 1
 
 
 def test_a_job_deleted_mid_stage_leaves_nothing(
-    resources: tuple[pipeline.Resources, list[str]],
+    resources: tuple[pipeline.Resources, Recording],
 ) -> None:
     """DELETE while a stage runs: the stage's next store write finds no job; failing it
     removes its scratch and whatever it stored after the deletion, and tells no one."""
-    res, sent = resources
+    res, queue = resources
     job = Job(id=new_job_id(), tenant="t", mode="remove", engine="local", spec=SPEC)
     res.store.create(job)
     scratch = scratch_of(res, job.id)
@@ -139,10 +143,10 @@ def test_a_job_deleted_mid_stage_leaves_nothing(
     res.storage.put_bytes(f"jobs/{job.id}/work.mp4", b"stored after the delete")
     with pytest.raises(NotFound):
         res.store.set_progress(job.id, 0.5)
-    assert pipeline.fail(res, job.id, Stage.compress, NotFound("gone")) is None
+    assert res.jobs.fail(job.id, Stage.compress, NotFound("gone")) is None
     assert not scratch.exists()
     assert not res.storage.exists(f"jobs/{job.id}/work.mp4")
-    assert sent == []
+    assert sent(queue) == []
 
 
 def test_stage_max_retries_is_each_stage_tasks_max_retries(tmp_path: Path) -> None:

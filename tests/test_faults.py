@@ -17,12 +17,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services import media
-from services.embedded import EmbeddedService
-from services.synthetic import SyntheticClip, make_clip
+from services.cli.embedded import EmbeddedService
+from services.cli.processes import kill_tree
+from services.media.synthetic import SyntheticClip, make_clip
+from services.media.video import probe
 from tests.conftest import api_client, service_env
 from tests.helpers import accepted, wait, wait_for_stage
-from tests.support.processes import kill_tree
 from tests.support.receiver import Receiver
 
 DELAY = 1.0
@@ -84,7 +84,7 @@ def test_kill_9_of_the_worker_during_a_stage(
         assert final["runs"][key] == 2, final["runs"]
         result = client.get(final["result"]["video_url"])
         (tmp_path / "r.mp4").write_bytes(result.content)
-        assert media.probe(tmp_path / "r.mp4").frames == 12
+        assert probe(tmp_path / "r.mp4").frames == 12
         time.sleep(0.5)
         events = [json.loads(r.body) for r in receiver.requests]
         assert [e["type"] for e in events].count("job.succeeded") >= 1
@@ -109,7 +109,7 @@ def test_redis_restart_mid_job(
                          files={"video": ("a.mp4", small.path.read_bytes())})  # fmt: skip
     assert submit.status_code == 503
     time.sleep(2)
-    from services.embedded import start_redis
+    from services.cli.embedded import start_redis
 
     assert faulty.redis_port is not None
     faulty.redis = start_redis(faulty.data_dir / "redis", faulty.redis_port)
@@ -136,7 +136,7 @@ def test_poison_input_is_tried_a_bounded_number_of_times(
 
 @pytest.mark.timeout(120)
 def test_webhook_receiver_down_then_redelivered(client: httpx.Client, small: SyntheticClip) -> None:
-    from services.embedded import free_port
+    from services.cli.embedded import free_port
 
     port = free_port()
     url = f"http://127.0.0.1:{port}/hook"

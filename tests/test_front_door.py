@@ -22,13 +22,14 @@ import httpx
 import pytest
 import redis
 
-from services.embedded import free_port
-from services.synthetic import SyntheticClip
+from bench.support.bodies import largest_spec
+from bench.support.rawhttp import RawRequest, open_file_bytes, rss_kib
+from services.cli.embedded import free_port
+from services.cli.processes import alive, descendants
+from services.media.synthetic import SyntheticClip
 from tests.conftest import API_KEYS, service_env
 from tests.helpers import accepted, error_of
-from tests.support.bodies import largest_spec
-from tests.support.processes import alive, descendants, start_api, user_env
-from tests.support.rawhttp import RawRequest, open_file_bytes, rss_kib
+from tests.support.processes import start_api, user_env
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.embedded import EmbeddedService
+from services.cli.embedded import EmbeddedService
+from services.media.synthetic import SyntheticClip
 from services.settings import Settings
 from services.storage import UrlSigner, signing_secret
-from services.synthetic import SyntheticClip
 from tests.conftest import WEBHOOK_SECRET, api_client
 from tests.helpers import accepted, error_of, wait
 

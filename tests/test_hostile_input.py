@@ -26,10 +26,18 @@ import httpx
 import numpy as np
 import pytest
 
-from services import media
-from services.embedded import EmbeddedService
+from services.cli.embedded import EmbeddedService
 from services.errors import InputTooLarge, InvalidInput
-from services.synthetic import SyntheticClip
+from services.media.synthetic import SyntheticClip
+from services.media.video import (
+    JPEG_MAGIC,
+    PNG_MAGIC,
+    image_size,
+    probe,
+    read_frames,
+    run_ffmpeg,
+    video_size,
+)
 from tests.helpers import error_of, submit, wait
 from tests.support.receiver import Receiver
 
@@ -182,7 +190,7 @@ def test_probe_of_a_playlist_named_as_one_reads_nothing(
     path = tmp_path / "upload.m3u8"
     path.write_bytes(REFERRING[name](canary))
     with pytest.raises(InvalidInput) as refused:
-        media.probe(path)
+        probe(path)
     assert refused.value.field == "video"
     canary.assert_untouched()
 
@@ -205,10 +213,10 @@ def test_run_ffmpeg_whitelists_every_input(
     out = tmp_path / "out.mp4"
     args = ["-i", str(clip.path), "-i", str(playlist), "-map", "0:v", "-map", "1", "-c", "copy"]
     with pytest.raises(RuntimeError, match="ffmpeg failed"):
-        media.run_ffmpeg([*args, str(out)])
+        run_ffmpeg([*args, str(out)])
     canary.assert_untouched()
-    media.run_ffmpeg(["-i", str(clip.path), "-map", "0:v", "-c", "copy", str(out)])
-    assert media.video_size(out)[:2] == (clip.width, clip.height)
+    run_ffmpeg(["-i", str(clip.path), "-map", "0:v", "-c", "copy", str(out)])
+    assert video_size(out)[:2] == (clip.width, clip.height)
 
 
 def test_not_a_video_is_refused(acme: httpx.Client, clip: SyntheticClip) -> None:
@@ -240,7 +248,7 @@ def png_image(width: int, height: int) -> bytes:
     row = b"\0" * (width + 1)
     idat = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush()
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return media.PNG_MAGIC + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    return PNG_MAGIC + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def png_in_mov(path: Path, side: int) -> Path:
@@ -358,7 +366,7 @@ def test_huge_frames_are_refused_from_the_header(
 def test_probe_without_limits_still_caps_decoding(bombs: dict[str, Path]) -> None:
     before = reset_peak_memory(os.getpid())
     with pytest.raises(InputTooLarge, match="12000x12000"):
-        media.probe(bombs["png_12000"])
+        probe(bombs["png_12000"])
     assert (memory_kib(os.getpid(), "VmHWM") - before) / 1024 < 48
 
 
@@ -392,9 +400,9 @@ def test_frames_never_outgrow_the_declared_size(tmp_path: Path) -> None:
             packet.stream, packet.time_base = stream, Fraction(1, 90000)
             packet.pts = packet.dts = index * 90000
             out.mux(packet)
-    info = media.probe(path, max_width=1920, max_height=1080, max_duration_s=20)
+    info = probe(path, max_width=1920, max_height=1080, max_duration_s=20)
     assert (info.width, info.height, info.frames) == (96, 64, 9)
-    shapes = {frame.shape for frame in media.read_frames(path)}
+    shapes = {frame.shape for frame in read_frames(path)}
     assert shapes == {(64, 96, 3)}
 
 
@@ -465,13 +473,13 @@ def test_image_size_reads_headers_only(tmp_path: Path) -> None:
         assert ok
         path = tmp_path / f"image{ext}"
         path.write_bytes(data.tobytes())
-        assert media.image_size(path) == (53, 37)
+        assert image_size(path) == (53, 37)
     claim = tmp_path / "claim.jpg"
     sof = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, 30000, 40000, 1) + b"\x01\x11\x00"
-    claim.write_bytes(media.JPEG_MAGIC[:2] + b"\xff\xe0\x00\x04ab" + sof + b"\xff\xd9")
-    assert media.image_size(claim) == (40000, 30000)
+    claim.write_bytes(JPEG_MAGIC[:2] + b"\xff\xe0\x00\x04ab" + sof + b"\xff\xd9")
+    assert image_size(claim) == (40000, 30000)
     claim.write_bytes(b"GIF89a")
-    assert media.image_size(claim) is None
+    assert image_size(claim) is None
 
 
 # Upload names: never a path, never in a key.

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from services.engines.base import Engine, no_progress
-from services.engines.local import LocalEngine, working_size
-from services.errors import InvalidInput, UnsupportedPrompt
-from services.inpaint import VideoEraser, telea
-from services.media import probe, read_frames, video_size, write_video
+from services.engines.local.engine import LocalEngine, working_size
+from services.engines.local.inpaint import VideoEraser, telea
+from services.errors import InvalidSpec, UnsupportedPrompt
+from services.media.synthetic import SyntheticClip, make_clip
+from services.media.video import probe, read_frames, video_size, write_video
 from services.models import ClassPrompt
-from services.synthetic import SyntheticClip, make_clip
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BMX = DATA / "bmx-trees"
@@ -93,7 +93,7 @@ def test_text_only_prompt_is_refused(clip: SyntheticClip, tmp_path: Path) -> Non
 
 def test_frame_index_past_the_end_is_refused(clip: SyntheticClip, tmp_path: Path) -> None:
     prompt = ClassPrompt(label="disc", boxes=[(0.1, 0.1, 0.2, 0.2)], frame_index=99)
-    with pytest.raises(InvalidInput) as info:
+    with pytest.raises(InvalidSpec) as info:
         LocalEngine().segment(clip.path, prompt, tmp_path, no_progress)
     assert info.value.field == "classes.frame_index"
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from services.errors import InvalidInput, VorError
-from services.masks import (
+from services.media.masks import (
     dilate,
     dilate_video,
     frame_count,
@@ -19,7 +19,7 @@ from services.masks import (
     select_union,
     union,
 )
-from services.media import read_frames, write_video
+from services.media.video import read_frames, write_video
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -27,18 +27,19 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.routes.events import is_newer, job_stream
 from services import logs, metrics
-from services.client import VorClient
-from services.embedded import EmbeddedService
-from services.engines.svor import engine_from_settings
-from services.engines.svor_client import SEG_PATH
+from services.cli.client import VorClient
+from services.cli.embedded import EmbeddedService
+from services.engines.svor.client import SEG_PATH
+from services.engines.svor.engine import engine_from_settings
 from services.errors import UpstreamFailed
+from services.jobs.store import JobStore, new_job_id
+from services.media.synthetic import SyntheticClip
 from services.models import Job, JobSpec, Status
 from services.settings import Settings
-from services.store import JobStore, new_job_id
-from services.synthetic import SyntheticClip
 from tests.conftest import API_KEYS, SVOR_KEY, api_client
 from tests.helpers import accepted
 from tests.support.receiver import Receiver
+from workers import broker
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -226,15 +227,17 @@ def test_the_collector_renders_what_workers_recorded(redis_url: str) -> None:
     store.delete(gone)
     queue = f"{prefix}-queue"
     client.rpush(queue, "a", "b")
-    client.rpush(metrics.queue_keys(queue)[-1], "c")
+    client.rpush(broker.queue_keys(queue)[-1], "c")
     registry = CollectorRegistry(auto_describe=False)
     registry.register(
-        metrics.RedisCollector(lambda: client, lambda: client, prefix=prefix, queues=[queue])
+        metrics.RedisCollector(
+            lambda: client, lambda: broker.depths(client, [queue]), prefix=prefix
+        )
     )
     try:
         text = generate_latest(registry).decode()
     finally:
-        client.delete(queue, *metrics.queue_keys(queue), *client.scan_iter(f"{prefix}:*"))
+        client.delete(queue, *broker.queue_keys(queue), *client.scan_iter(f"{prefix}:*"))
     samples = {
         (s.name, frozenset(s.labels.items())): s.value
         for family in text_string_to_metric_families(text)

@@ -28,8 +28,8 @@ import httpx
 import pytest
 import redis
 
-from services.embedded import EmbeddedService, free_port
-from services.synthetic import SyntheticClip, make_clip
+from services.cli.embedded import EmbeddedService, free_port
+from services.media.synthetic import SyntheticClip, make_clip
 from tests.conftest import API_KEYS, service_env
 from tests.helpers import wait
 from tests.support.processes import ROOT, start_api, user_env

@@ -14,9 +14,9 @@ import pytest
 import redis
 from standardwebhooks.webhooks import Webhook
 
-from services import media
-from services.embedded import EmbeddedService
-from services.synthetic import SyntheticClip
+from services.cli.embedded import EmbeddedService
+from services.media.synthetic import SyntheticClip
+from services.media.video import probe, read_frames, write_video
 from tests.conftest import WEBHOOK_SECRET
 from tests.helpers import accepted, download, submit, wait
 from tests.support.receiver import Receiver
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def frames_of(path: Path) -> list[np.ndarray]:
-    return list(media.read_frames(path))
+    return list(read_frames(path))
 
 
 def removal_error(result: list[np.ndarray], clip: SyntheticClip) -> tuple[float, float]:
@@ -81,7 +81,7 @@ def test_local_remove_job_end_to_end(
         assert job["segments"]["disc"]["objects"][0]["id"] == 1
 
         result = download(acme, job["result"]["video_url"], tmp_path / "result.mp4")
-        info = media.probe(result)
+        info = probe(result)
         assert (info.width, info.height, info.frames, info.fps) == (96, 64, 16, 12.0)
         assert info.audio, "the audio track must be kept"
         frames = frames_of(result)
@@ -91,7 +91,7 @@ def test_local_remove_job_end_to_end(
         preview = download(acme, job["result"]["preview_url"], tmp_path / "p.png")
         assert cv2.imread(str(preview)).shape == (64, 96, 3)
         mask = download(acme, job["result"]["mask_url"], tmp_path / "mask.mkv")
-        assert media.probe(mask).frames == 16
+        assert probe(mask).frames == 16
 
         succeeded = events_of(receiver, "job.succeeded", count=3)
         assert len(succeeded) >= 3, "two failed deliveries, then one that worked"
@@ -159,7 +159,7 @@ def test_segment_then_remove_from_job(
         seg["result"]
     )
     ids_mask = download(acme, seg["result"]["mask_url"], tmp_path / "ids.mkv")
-    first = next(media.read_frames(ids_mask, "gray"))
+    first = next(read_frames(ids_mask, "gray"))
     assert set(np.unique(first)) == {0, 1, 2}
 
     bad = submit(acme, {"from_job": seg["id"], "targets": {"discs": [7]}})
@@ -212,7 +212,7 @@ def test_two_classes_segment_in_parallel_and_are_merged(
 
 
 def test_remove_with_own_mask(acme: httpx.Client, clip: SyntheticClip, tmp_path: Path) -> None:
-    mask_path = media.write_video(
+    mask_path = write_video(
         tmp_path / "mask.mkv",
         [(m > 0).astype(np.uint8) * 255 for m in clip.masks],
         12,
@@ -226,7 +226,7 @@ def test_remove_with_own_mask(acme: httpx.Client, clip: SyntheticClip, tmp_path:
     )
     assert ours < original / 3
 
-    short = media.write_video(
+    short = write_video(
         tmp_path / "short.mkv", [np.zeros((64, 96), np.uint8)] * 5, 12, codec="ffv1"
     )
     response = submit(acme, {"mode": "remove"}, clip.path, mask=short)
@@ -295,7 +295,7 @@ def test_svor_engine_job_through_injected_faults(
     after = httpx.get(f"{svor_server}/_stats").json()
     assert after != before
     result = download(acme, job["result"]["video_url"], tmp_path / "r.mp4")
-    info = media.probe(result)
+    info = probe(result)
     assert (info.width, info.height, info.frames) == (96, 64, 16)
     ours, original = removal_error(frames_of(result), clip)
     assert ours < original / 2

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from services.errors import InvalidInput
-from services.media import probe, read_frames, write_video
-from services.preview import (
+from services.media.preview import (
     before_after_png,
     cutout,
     id_colour,
@@ -19,7 +18,8 @@ from services.preview import (
     preview_png,
     tint,
 )
-from services.synthetic import SyntheticClip, make_clip
+from services.media.synthetic import SyntheticClip, make_clip
+from services.media.video import probe, read_frames, write_video
 
 pytestmark = pytest.mark.timeout(60)
 

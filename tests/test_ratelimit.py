@@ -22,18 +22,18 @@ import httpx
 import pytest
 import redis
 
-from services.engines.svor import SvorClient, engine_from_settings
+from services.engines.svor.engine import SvorClient, engine_from_settings
+from services.engines.svor.ratelimit import LimiterWaitTooLong, UpstreamLimiter
 from services.errors import UpstreamRateLimited
-from services.ratelimit import LimiterWaitTooLong, UpstreamLimiter
 from services.settings import Settings
-from services.svor_server import create_app, serve_in_thread
+from services.standin.server import create_app, serve_in_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 SEG_STATUS = "/customize/xiaomi-ev/video_obj_removal/customize/v1/videos/sam3_prompt_seg/status/x"
 
 CHILD = """
 import sys, time, redis
-from services.ratelimit import UpstreamLimiter
+from services.engines.svor.ratelimit import UpstreamLimiter
 url, prefix, mode, n, rate = sys.argv[1:6]
 r = redis.Redis.from_url(url)
 limiter = UpstreamLimiter(r, "up", rate_per_s=float(rate), burst=1,

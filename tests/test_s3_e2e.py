@@ -11,9 +11,9 @@ import httpx
 import pytest
 import redis
 
-from services import media
-from services.embedded import EmbeddedService
-from services.synthetic import SyntheticClip
+from services.cli.embedded import EmbeddedService
+from services.media.synthetic import SyntheticClip
+from services.media.video import probe
 from tests.conftest import api_client, service_env
 from tests.helpers import accepted, wait, wait_for_stage
 from tests.support.proxy import TcpProxy
@@ -57,7 +57,7 @@ def test_job_results_land_in_s3_under_presigned_urls(
     response = httpx.get(url)
     assert response.status_code == 200
     (tmp_path / "r.mp4").write_bytes(response.content)
-    assert media.probe(tmp_path / "r.mp4").frames == 16
+    assert probe(tmp_path / "r.mp4").frames == 16
 
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}

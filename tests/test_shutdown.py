@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from services.embedded import EmbeddedService
-from services.synthetic import make_clip
+from services.cli.embedded import EmbeddedService
+from services.media.synthetic import make_clip
 from tests.conftest import api_client, service_env
 from tests.helpers import accepted, wait, wait_for_stage
 

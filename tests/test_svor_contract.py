@@ -21,11 +21,11 @@ import httpx
 import numpy as np
 import pytest
 
-from services import media
 from services.engines.base import no_progress
-from services.engines.svor import SvorClient, SvorEngine
+from services.engines.svor.engine import SvorClient, SvorEngine
+from services.media.synthetic import SyntheticClip, make_clip_with
+from services.media.video import ffmpeg_exe, probe, read_frames, video_size, write_video
 from services.models import ClassPrompt
-from services.synthetic import SyntheticClip, make_clip_with
 from tests.conftest import SVOR_KEY
 from tests.support.recorder import RecordingRelay
 
@@ -78,7 +78,7 @@ def reference_segment(url: str, video: Path, **fields: Any) -> dict[str, Any]:
 
 
 def ffmpeg(*args: str) -> None:
-    subprocess.run([media.ffmpeg_exe(), "-y", "-loglevel", "error", *args], check=True)
+    subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", *args], check=True)
 
 
 def test_reference_box_request_segments_and_removes_the_ball(
@@ -95,7 +95,7 @@ def test_reference_box_request_segments_and_removes_the_ball(
 
     raw = tmp_path / "ball_mask_obj_raw.mkv"
     raw.write_bytes(httpx.get(done["video_path"]).content)
-    ids = list(media.read_frames(raw, "gray"))
+    ids = list(read_frames(raw, "gray"))
     assert len(ids) == len(clip.masks)
     overlaps = [iou(m == 1, t == 1) for m, t in zip(ids, clip.masks, strict=True)]
     assert np.mean(overlaps) > 0.6 and min(overlaps) > 0.3, overlaps
@@ -108,8 +108,8 @@ def test_reference_box_request_segments_and_removes_the_ball(
     erased = tmp_path / "ball_removed.mp4"
     erased.write_bytes(httpx.get(poll(svor_server, ERASE, task)["video_path"]).content)
 
-    result = list(media.read_frames(erased))
-    original = list(media.read_frames(clip.path))
+    result = list(read_frames(erased))
+    original = list(read_frames(clip.path))
     assert len(result) == len(original)
     inside = [m > 0 for m in clip.masks]
     before = np.mean([np.abs(o.astype(int) - clip.background)[m].mean()
@@ -130,7 +130,7 @@ def test_reference_point_request_segments_the_ball(
     assert list(done["extra_info"]["object_boxes"]) == ["1"]
     raw = tmp_path / "ball_mask_obj_raw.mkv"
     raw.write_bytes(httpx.get(done["video_path"]).content)
-    first = next(media.read_frames(raw, "gray"))
+    first = next(read_frames(raw, "gray"))
     assert iou(first == 1, clip.masks[0] == 1) > 0.5
 
 
@@ -184,7 +184,7 @@ def test_vor_sends_normalised_json_lists_and_reads_pixels_back(
         engine = SvorEngine(
             SvorClient(httpx.Client(timeout=30), base_url=relay.url, api_key=SVOR_KEY)
         )
-        work = engine.prepare(clip.path, media.probe(clip.path), tmp_path, no_progress)
+        work = engine.prepare(clip.path, probe(clip.path), tmp_path, no_progress)
         seg = engine.segment(work, prompt, tmp_path, no_progress)
         erased = engine.erase(work, _binary(seg.mask_path, tmp_path), tmp_path, no_progress,
                               dilation=2)  # fmt: skip
@@ -208,7 +208,7 @@ def test_vor_sends_normalised_json_lists_and_reads_pixels_back(
     polls = relay.to("GET", SEG + "/status/")
     answer = json.loads(polls[-1].answer)
     assert answer["status"] == "completed"
-    up_w, up_h, _, _ = media.video_size(work)
+    up_w, up_h, _, _ = video_size(work)
     px = answer["extra_info"]["object_boxes"]["1"]
     expected = (px[0] / up_w, px[1] / up_h, px[2] / up_w, px[3] / up_h)
     assert [o.id for o in seg.objects] == [1]
@@ -220,14 +220,14 @@ def test_vor_sends_normalised_json_lists_and_reads_pixels_back(
     assert erase.parts["input_video"].data == work.read_bytes()
     mask_upload = tmp_path / "sent_mask.mp4"
     mask_upload.write_bytes(erase.parts["input_mask"].data)
-    sent_masks = list(media.read_frames(mask_upload, "gray"))
+    sent_masks = list(read_frames(mask_upload, "gray"))
     assert len(sent_masks) == len(clip.masks) and sent_masks[0].shape == (up_h, up_w)
     assert set(np.unique(np.stack(sent_masks))) <= {0, 255}, "a lossless 0/255 mask"
     assert all(((m == 255) >= (t > 0)).mean() > 0.97 for m, t in zip(sent_masks, clip.masks,
                                                                       strict=True))  # fmt: skip
-    assert media.video_size(erased)[3] == len(clip.masks)
+    assert video_size(erased)[3] == len(clip.masks)
 
 
 def _binary(id_mask: Path, folder: Path) -> Path:
-    frames = [np.where(m > 0, 255, 0).astype(np.uint8) for m in media.read_frames(id_mask, "gray")]
-    return media.write_video(folder / "binary.mkv", frames, 12, codec="ffv1")
+    frames = [np.where(m > 0, 255, 0).astype(np.uint8) for m in read_frames(id_mask, "gray")]
+    return write_video(folder / "binary.mkv", frames, 12, codec="ffv1")

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from services.engines.base import no_progress
-from services.engines.svor import (
+from services.engines.svor.client import PollSchedule
+from services.engines.svor.engine import (
     SEG_PATH,
     SvorClient,
     SvorEngine,
@@ -29,9 +30,9 @@ from services.engines.svor import (
     engine_from_settings,
     parse_retry_after,
 )
-from services.engines.svor_client import PollSchedule
+from services.engines.svor.upload_fit import copy_if_fits
 from services.errors import (
-    InputTooLarge,
+    InvalidInput,
     UpstreamAuth,
     UpstreamBadRequest,
     UpstreamFailed,
@@ -39,12 +40,18 @@ from services.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from services.media import VideoWriter, probe, read_frames, video_format, video_size, write_video
+from services.media.synthetic import SyntheticClip, make_clip
+from services.media.video import (
+    VideoWriter,
+    probe,
+    read_frames,
+    video_format,
+    video_size,
+    write_video,
+)
 from services.models import ClassPrompt, InputInfo
 from services.settings import Settings
-from services.svor_server import create_app, serve_in_thread
-from services.synthetic import SyntheticClip, make_clip
-from services.upload_fit import copy_if_fits
+from services.standin.server import create_app, serve_in_thread
 
 API_KEY = "test-key"
 
@@ -195,7 +202,7 @@ def test_prepare_drops_audio_and_refuses_long_clips(fake: FakeTime, tmp_path: Pa
     work = engine.prepare(source, probe(source), tmp_path, no_progress)
     assert probe(source).audio and not probe(work).audio
     long = InputInfo(duration_s=4.0, width=96, height=64, fps=12.0, frames=48, audio=False)
-    with pytest.raises(InputTooLarge, match="at most 3 s"):
+    with pytest.raises(InvalidInput, match="at most 3 s"):
         engine.prepare(source, long, tmp_path, no_progress)
 
 

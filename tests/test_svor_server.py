@@ -9,18 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
-from services.engines.svor import SEG_PATH
-from services.svor_server import (
-    Faults,
-    add_arguments,
-    create_app,
-    faults_from_args,
-    serve_in_thread,
-    texts_from_args,
-)
-from services.synthetic import make_clip
+from services.engines.base import no_progress
+from services.engines.svor.engine import SEG_PATH
+from services.media.synthetic import make_clip
+from services.media.video import read_frames
+from services.models import ClassPrompt
+from services.standin.boxes import BoxEngine
+from services.standin.cli import add_arguments, faults_from_args, texts_from_args
+from services.standin.faults import Faults
+from services.standin.server import create_app, serve_in_thread
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +122,14 @@ def test_command_line_flags_become_faults() -> None:
     assert texts_from_args(args) == {"sign": [(0.1, 0.2, 0.3, 0.4), (0.0, 0.0, 1.0, 1.0)]}
     with pytest.raises(SystemExit):
         parser.parse_args(["--text-box", "sign=0.5,0.5,0.8,0.1"])
+
+
+def test_the_boxes_engine_takes_the_boxes_for_objects(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "c.mp4", frames=6)
+    prompt = ClassPrompt(label="d", boxes=[clip.box(0), (0.0, 0.0, 0.25, 0.25)])
+    found = BoxEngine().segment(clip.path, prompt, tmp_path, no_progress)
+    assert [o.id for o in found.objects] == [1, 2] and found.suggestion == "2 boxes"
+    ids = next(read_frames(found.mask_path, "gray"))
+    assert set(np.unique(ids)) == {0, 1, 2}
+    erased = BoxEngine().erase(clip.path, found.mask_path, tmp_path, no_progress, dilation=4)
+    assert erased.read_bytes() == clip.path.read_bytes()

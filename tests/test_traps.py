@@ -7,6 +7,7 @@ from the job store, so the broker can lose everything while the jobs survive.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -14,10 +15,11 @@ import httpx
 import pytest
 import redis
 
-from services.embedded import EmbeddedService
-from services.synthetic import SyntheticClip, make_clip
+from services.cli.embedded import EmbeddedService
+from services.media.synthetic import SyntheticClip, make_clip
 from tests.conftest import api_client, service_env
 from tests.helpers import accepted, wait, wait_for_stage
+from tests.support.receiver import Receiver
 
 VISIBILITY_S = 3
 
@@ -83,6 +85,33 @@ def test_cancel_mid_stage_stops_the_work_and_frees_its_files(
         time.sleep(0.1)
     final = client.get(f"/v1/jobs/{job['id']}").json()
     assert final["status"] == "canceled" and final["result"] == {}
+
+
+@pytest.mark.timeout(120)
+def test_delete_mid_stage_cancels_as_cancel_does(
+    trap: EmbeddedService, client: httpx.Client, small: SyntheticClip
+) -> None:
+    """DELETE of a running job stops it like cancel: its scratch files go and its
+    ``job.canceled`` webhook is sent (from the job as it was: it is gone from the store)."""
+    with Receiver() as receiver:
+        spec = {**spec_for(small), "webhook_url": receiver.url}
+        job = accepted(client, spec, small.path)
+        wait_for_stage(client, job["id"], "erase")
+        scratch = trap.data_dir / "work" / job["id"]
+        assert scratch.exists()
+        assert client.delete(f"/v1/jobs/{job['id']}").status_code == 204
+        assert client.get(f"/v1/jobs/{job['id']}").status_code == 404
+        (hook,) = receiver.wait_for(1, timeout=20)
+        body = json.loads(hook.body)
+        assert (body["type"], body["data"]["id"]) == ("job.canceled", job["id"])
+        assert body["data"]["status"] == "canceled"
+        deadline = time.monotonic() + 5
+        while scratch.exists():
+            assert time.monotonic() < deadline, "the deleted job's stage kept its files"
+            time.sleep(0.1)
+        assert not (trap.data_dir / "storage" / "jobs" / job["id"]).exists()
+        time.sleep(1)
+        assert len(receiver.requests) == 1
 
 
 @pytest.mark.timeout(150)

@@ -22,11 +22,11 @@ import httpx
 import pytest
 import redis
 
-from services.embedded import EmbeddedService, free_port
-from services.synthetic import SyntheticClip, make_clip
+from services.cli.embedded import EmbeddedService, free_port
+from services.media.synthetic import SyntheticClip, make_clip
+from services.standin.process import start_standin
 from tests.conftest import SVOR_KEY, api_client, service_env
 from tests.helpers import accepted, wait
-from tests.support.processes import start_svor_server
 from tests.support.receiver import Receiver
 
 FAULTS_DB_OFFSET = 3
@@ -53,7 +53,7 @@ class StandIn:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, api_key: str) -> None:
-        self.proc = start_svor_server(self.port, self.log, "--api-key", api_key)
+        self.proc = start_standin(self.port, self.log, "--api-key", api_key)
 
     def stop(self) -> None:
         if self.proc is not None:

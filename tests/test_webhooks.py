@@ -12,8 +12,7 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from services.netpolicy import guarded_client
-from services.webhooks import (
+from services.jobs.webhooks import (
     DeliveryResult,
     backoff_s,
     deliver,
@@ -22,6 +21,7 @@ from services.webhooks import (
     sign,
     webhook_id,
 )
+from services.netpolicy import guarded_client
 from tests.support.receiver import Receiver
 
 LOOPBACK = [ipaddress.ip_network("127.0.0.0/8")]

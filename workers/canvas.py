@@ -1,11 +1,10 @@
-"""The Celery canvas of one job: which stages run, where, in what order.
+"""A job's plan as Celery's canvas: the one place where stages become messages.
 
-compress -> segment (one task per class, joined by a chord) -> mask_convert ->
-merge -> erase -> publish. Stages already done (``job.done``) are left out, so
-the sweeper can re-enqueue a stalled job from where it stopped. Every message
-carries the job's generation; re-enqueueing bumps it, which makes older
-messages stale. Stages that wait on the network (the svor engine's segment and
-erase) go to the ``io`` queue; CPU work to ``cpu``.
+``services.jobs.plan`` says which stages run, where and in what order; this turns
+that into ``chain(head..., chord(segments, tail))``. Tasks are named, not imported
+(``vor.<stage>``), so building a canvas loads none of the work the tasks do. Every
+message carries the job's generation: re-enqueueing bumps it, which makes older
+messages stale.
 """
 
 from __future__ import annotations
@@ -13,49 +12,26 @@ from __future__ import annotations
 from celery import chain, chord
 from celery.canvas import Signature
 
+from services.jobs.plan import Plan, Step
 from services.models import Job
-from workers import tasks
-from workers.celery_app import CPU_QUEUE, IO_QUEUE
+from workers.celery_app import app, task_name
 
 
-def build(job: Job) -> Signature | None:
-    """The canvas of the stages the job has still to run; None when nothing is left."""
-    remote = IO_QUEUE if job.engine == "svor" else CPU_QUEUE
-    done = set(job.done)
+def signature(job: Job, step: Step) -> Signature:
+    """The immutable message of one step: ``vor.<stage>(job_id, generation[, label])``."""
+    args = (job.id, job.generation) if step.label is None else (job.id, job.generation, step.label)
+    return app.signature(task_name(step.stage), args=args, immutable=True).set(
+        queue=step.queue.value
+    )
 
-    def stage(task: Signature, *args: str, queue: str = CPU_QUEUE) -> Signature:
-        return task.si(job.id, job.generation, *args).set(queue=queue)
 
-    if job.mode == "segment":
-        before = ["compress"]
-        labels = [c.label for c in job.spec.classes]
-        after = ["publish"]
-    elif "mask_upload" in job.artifacts:
-        before, labels, after = ["compress"], [], ["erase", "publish"]
-    elif job.spec.from_job:
-        before, labels, after = [], [], ["mask_convert", "merge", "erase", "publish"]
-    else:
-        before = ["compress"]
-        labels = [c.label for c in job.spec.classes]
-        after = ["mask_convert", "merge", "erase", "publish"]
-    queues = {"erase": remote}
-    steps = [stage(getattr(tasks, name), queue=queues.get(name, CPU_QUEUE))
-             for name in before + after if name not in done]  # fmt: skip
-    head = [s for s in steps if s.task.removeprefix("vor.") in before]
-    tail = [s for s in steps if s.task.removeprefix("vor.") in after]
-    segments = [stage(tasks.segment, label, queue=remote)
-                for label in labels if f"segment:{label}" not in done]  # fmt: skip
-    if segments:
-        if not tail:
-            raise ValueError(f"job {job.id} has segments left but nothing after them")
+def build(job: Job, plan: Plan) -> Signature | None:
+    """The canvas of ``plan`` for ``job``; None when nothing is left to run."""
+    head = [signature(job, step) for step in plan.head]
+    tail = [signature(job, step) for step in plan.tail]
+    if plan.segments:
         body = tail[0] if len(tail) == 1 else chain(*tail)
-        return chain(*head, chord(segments, body))
+        return chain(*head, chord([signature(job, step) for step in plan.segments], body))
     if not head + tail:
         return None
     return chain(*head, *tail)
-
-
-def enqueue(job: Job) -> None:
-    canvas = build(job)
-    if canvas is not None:
-        canvas.apply_async()

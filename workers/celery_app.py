@@ -16,11 +16,16 @@ from celery import Celery, Task, signals
 from celery.backends.redis import RedisBackend
 
 from services import logs
+from services.models import Queue, Stage
 from services.runtime import broker_url
 from services.settings import get_settings
 
-CPU_QUEUE = "cpu"
-IO_QUEUE = "io"
+WEBHOOK_TASK = "vor.webhook"
+
+
+def task_name(stage: Stage) -> str:
+    """The task that runs ``stage``: ``vor.compress``, ``vor.segment``, ..."""
+    return f"vor.{stage.value}"
 
 
 class UnwatchedRedisBackend(RedisBackend):
@@ -91,7 +96,7 @@ def make_app() -> Celery:
         result_backend_transport_options=transport,
         result_backend_thread_safe=True,
         result_expires=24 * 3600,
-        task_default_queue=CPU_QUEUE,
+        task_default_queue=Queue.cpu.value,
         task_time_limit=settings.stage_time_limit_s + 60,
         task_soft_time_limit=settings.stage_time_limit_s,
         worker_hijack_root_logger=False,

@@ -14,9 +14,9 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import CurrentJob, JobStoreDep, SettingsDep
 from api.schemas import JOB_ERRORS
+from services.jobs.store import JobStore
 from services.models import Job, Status
 from services.runtime import redis_url
-from services.store import JobStore
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

@@ -14,19 +14,15 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
 from api import spec_parser
-from api.deps import CurrentJob, JobStoreDep, SettingsDep, StorageDep, TenantDep
+from api.deps import CurrentJob, JobsDep, TenantDep
 from api.schemas import JOB_ERRORS, Job, JobList, Redelivery, errors
+from api.uploads import save_upload, upload_dir
 from services import logs
-from services.errors import Conflict, InvalidInput, InvalidSpec, PayloadTooLarge
+from services.errors import InvalidInput, InvalidSpec
+from services.jobs.lifecycle import Lifecycle
+from services.jobs.submission import Submission
 from services.models import Job as StoredJob
 from services.models import JobSpec, Status
-from services.pipeline import cleanup_job_files, input_url, result_urls
-from services.settings import Settings
-from services.store import JobStore
-from services.submission import Submission, submit
-from workers.canvas import enqueue
-from workers.celery_app import IO_QUEUE
-from workers.tasks import enqueue_webhook, send_webhook
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 log = logging.getLogger("vor.api")
@@ -75,31 +71,10 @@ SUBMITTED_HEADERS = {
 }
 
 
-def render(job: StoredJob, storage: Any, settings: Settings) -> dict[str, Any]:
-    return job.public(
-        result_urls(job, storage, settings.url_expiry_s),
-        input_url(job, storage, settings.url_expiry_s),
-    )
-
-
 async def _form_spec(raw: str | None) -> JobSpec:
     if raw is None:
         raise InvalidSpec("the multipart form needs a 'spec' field with the job spec", field="spec")
     return await spec_parser.parse(raw, "spec")
-
-
-def _save_upload(upload: UploadFile, folder: Path, name: str, limit: int) -> Path:
-    path = folder / name
-    size = 0
-    with path.open("wb") as out:
-        while chunk := upload.file.read(1 << 20):
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(
-                    f"the {name} upload is over the limit of {limit} bytes", field=name
-                )
-            out.write(chunk)
-    return path
 
 
 @router.post(
@@ -112,15 +87,14 @@ def _save_upload(upload: UploadFile, folder: Path, name: str, limit: int) -> Pat
 async def create_job(
     request: Request,
     tenant: TenantDep,
-    store: JobStoreDep,
-    storage: StorageDep,
-    settings: SettingsDep,
+    jobs: JobsDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JSONResponse:
     """Submit a job: multipart (video, spec, optional mask) or JSON with video_url."""
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=2, max_fields=8, max_part_size=settings.max_json_bytes)
+        limit = jobs.settings.max_json_bytes
+        form = await request.form(max_files=2, max_fields=8, max_part_size=limit)
         unknown = sorted(set(form) - FORM_PARTS)
         if unknown:
             raise InvalidInput(
@@ -143,15 +117,11 @@ async def create_job(
             mask_name=uploads["mask"].filename if "mask" in uploads else None,
             idempotency_key=idempotency_key,
         )
-        job, created = await run_in_threadpool(
-            _submit_uploads, submission, uploads, store, storage, settings
-        )
+        job, created = await run_in_threadpool(_submit_uploads, jobs, submission, uploads)
     elif content_type.startswith("application/json"):
         spec = await spec_parser.parse(await request.body(), "body")
         submission = Submission(tenant=tenant, spec=spec, idempotency_key=idempotency_key)
-        job, created = await run_in_threadpool(
-            submit, submission, store=store, storage=storage, settings=settings, enqueue=enqueue
-        )
+        job, created = await run_in_threadpool(jobs.submit, submission)
     else:
         raise InvalidInput(
             "send multipart/form-data (video + spec) or application/json (with video_url)",
@@ -162,90 +132,60 @@ async def create_job(
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(render(job, storage, settings), status_code=202, headers=headers)
+    return JSONResponse(jobs.view(job), status_code=202, headers=headers)
 
 
 def _submit_uploads(
-    submission: Submission,
-    uploads: dict[str, UploadFile],
-    store: JobStore,
-    storage: Any,
-    settings: Settings,
+    jobs: Lifecycle, submission: Submission, uploads: dict[str, UploadFile]
 ) -> tuple[StoredJob, bool]:
     """Save the uploaded parts to a private folder, submit, and remove the folder.
 
     Runs in a worker thread: every file operation of a submission stays off the
     event loop, which keeps serving other requests meanwhile.
     """
+    settings = jobs.settings
     with tempfile.TemporaryDirectory(
-        prefix="upload-", dir=_upload_dir(settings), ignore_cleanup_errors=True
+        prefix="upload-", dir=upload_dir(settings), ignore_cleanup_errors=True
     ) as folder:
 
         def save(name: str) -> Path | None:
             upload = uploads.get(name)
             if upload is None:
                 return None
-            return _save_upload(upload, Path(folder), name, settings.max_upload_bytes)
+            return save_upload(upload, Path(folder), name, settings.max_upload_bytes)
 
-        return submit(
-            replace(submission, video=save("video"), mask=save("mask")),
-            store=store,
-            storage=storage,
-            settings=settings,
-            enqueue=enqueue,
-        )
-
-
-def _upload_dir(settings: Settings) -> Path:
-    path = settings.data_dir.resolve() / "uploads"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+        return jobs.submit(replace(submission, video=save("video"), mask=save("mask")))
 
 
 @router.get("/{id}", response_model=Job, responses=JOB_ERRORS)
-def get_job(job: CurrentJob, storage: StorageDep, settings: SettingsDep) -> dict[str, Any]:
+def get_job(job: CurrentJob, jobs: JobsDep) -> dict[str, Any]:
     """One job: status, stage, progress, result URLs or error."""
-    return render(job, storage, settings)
+    return jobs.view(job)
 
 
 @router.get("", response_model=JobList, responses=errors(401, 422, 503))
 def list_jobs(
     tenant: TenantDep,
-    store: JobStoreDep,
-    storage: StorageDep,
-    settings: SettingsDep,
+    jobs: JobsDep,
     status: Status | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> dict[str, Any]:
     """The tenant's jobs, newest first; pass ``next_cursor`` back as ``cursor`` for more."""
-    jobs, next_cursor = store.list_jobs(tenant, status=status, limit=limit, cursor=cursor)
-    return {"jobs": [render(j, storage, settings) for j in jobs], "next_cursor": next_cursor}
+    found, next_cursor = jobs.store.list_jobs(tenant, status=status, limit=limit, cursor=cursor)
+    return {"jobs": [jobs.view(job) for job in found], "next_cursor": next_cursor}
 
 
 @router.post("/{id}/cancel", response_model=Job, responses={**JOB_ERRORS, **errors(409)})
-def cancel_job(
-    job: CurrentJob, store: JobStoreDep, storage: StorageDep, settings: SettingsDep
-) -> dict[str, Any]:
+def cancel_job(job: CurrentJob, jobs: JobsDep) -> dict[str, Any]:
     """Stop a queued or running job; its running stage stops at its next progress check."""
-    if job.status.is_terminal():
-        raise Conflict(f"job {job.id} already {job.status.value}", field="id")
-    job = store.finish(job.id, Status.canceled)
-    if job.status is Status.canceled:
-        log.info("job canceled")
-        cleanup_job_files(settings, job.id)
-        enqueue_webhook(job.id, "job.canceled")
-    return render(job, storage, settings)
+    return jobs.view(jobs.cancel(job))
 
 
 @router.delete("/{id}", status_code=204, response_class=Response, responses=JOB_ERRORS)
-def delete_job(job: CurrentJob, store: JobStoreDep, storage: StorageDep) -> Response:
+def delete_job(job: CurrentJob, jobs: JobsDep) -> Response:
     """Delete a job and every file it stored (a running job is canceled first)."""
-    if not job.status.is_terminal():
-        job = store.finish(job.id, Status.canceled)
-    storage.delete_prefix(f"jobs/{job.id}/")
-    store.delete(job)
-    log.info("job deleted")
+    jobs.delete(job)
     return Response(status_code=204)
 
 
@@ -255,12 +195,6 @@ def delete_job(job: CurrentJob, store: JobStoreDep, storage: StorageDep) -> Resp
     response_model=Redelivery,
     responses={**JOB_ERRORS, **errors(409)},
 )
-def redeliver_webhook(job: CurrentJob) -> dict[str, Any]:
+def redeliver_webhook(job: CurrentJob, jobs: JobsDep) -> dict[str, Any]:
     """Send the job's terminal webhook again (after the receiver was down)."""
-    if not job.status.is_terminal():
-        raise Conflict(f"job {job.id} is {job.status.value}; nothing to redeliver yet", field="id")
-    if not job.spec.webhook_url:
-        raise Conflict(f"job {job.id} has no webhook_url", field="webhook_url")
-    event = f"job.{job.status.value}"
-    send_webhook.apply_async((job.id, event), queue=IO_QUEUE)
-    return {"job_id": job.id, "event": event, "queued": True}
+    return {"job_id": job.id, "event": jobs.redeliver(job), "queued": True}

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from services.metrics import RedisCollector
-from services.runtime import get_broker_redis, get_redis
+from services.runtime import get_redis
 
 router = APIRouter(tags=["health"])
 
 
-@lru_cache
-def registry() -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(RedisCollector(get_redis, get_broker_redis))
-    return registry
+def registry(request: Request) -> CollectorRegistry:
+    """The app's registry: the job store's figures, and the queues' from its dispatcher."""
+    state = request.app.state
+    if getattr(state, "metrics_registry", None) is None:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(RedisCollector(get_redis, state.dispatcher.depths))
+        state.metrics_registry = registry
+    found: CollectorRegistry = state.metrics_registry
+    return found
 
 
 @router.get(
@@ -26,6 +28,6 @@ def registry() -> CollectorRegistry:
     responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
                      "description": "Prometheus text format"}},
 )  # fmt: skip
-def metrics() -> Response:
+def metrics(request: Request) -> Response:
     """Jobs by status, stage durations, queue depths, upstream calls, webhook deliveries."""
-    return Response(generate_latest(registry()), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(registry(request)), media_type=CONTENT_TYPE_LATEST)

@@ -16,12 +16,12 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from api.deps import SettingsDep, TenantDep
-from api.routes.jobs import _save_upload, _upload_dir
 from api.schemas import Probe, errors
+from api.uploads import save_upload, upload_dir
 from services.errors import InvalidInput
+from services.jobs.submission import probe_upload
 from services.models import InputInfo
 from services.settings import Settings
-from services.submission import probe_upload
 
 router = APIRouter(tags=["jobs"])
 PROBE_PARTS = {"video", "engine"}
@@ -79,7 +79,7 @@ async def probe_video(request: Request, _: TenantDep, settings: SettingsDep) -> 
 
 def _probe(video: UploadFile, engine: str, settings: Settings) -> InputInfo:
     with tempfile.TemporaryDirectory(
-        prefix="probe-", dir=_upload_dir(settings), ignore_cleanup_errors=True
+        prefix="probe-", dir=upload_dir(settings), ignore_cleanup_errors=True
     ) as folder:
-        path = _save_upload(video, Path(folder), "video", settings.max_upload_bytes)
+        path = save_upload(video, Path(folder), "video", settings.max_upload_bytes)
         return probe_upload(path, engine, settings)

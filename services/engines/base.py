@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from services.models import ClassPrompt, InputInfo
+from services.errors import InvalidInput, UnsupportedPrompt
+from services.models import ClassPrompt, InputInfo, Queue
 
 Progress = Callable[[float], None]
 """Called with 0..1 as work advances; it may raise ``Canceled`` to stop the work."""
@@ -36,8 +37,43 @@ class Segmentation:
     suggestion: str = ""
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine can do, declared once; every check of a job against its engine
+    (at submit, in the compress stage, when segmenting) reads this."""
+
+    name: str
+    queue: Queue
+    """Where its segment and erase stages wait for a worker."""
+    text_prompts: bool
+    """Whether it can find objects from a text prompt alone."""
+    max_clip_s: float | None = None
+    """The longest clip it takes; None: only the service's own limit."""
+
+    def check_clip(self, info: InputInfo) -> None:
+        """Refuse a clip longer than ``max_clip_s`` (by more than half a frame, which a
+        container's rounding of the last frame's duration can add)."""
+        limit = self.max_clip_s
+        if limit is not None and info.duration_s > limit + 0.5 / max(info.fps, 1.0):
+            raise InvalidInput(
+                f"the {self.name} engine takes clips of at most {limit:g} s and this one lasts "
+                f"{info.duration_s:.2f} s: trim it, or use the local engine",
+                field="video",
+            )
+
+    def check_prompt(self, prompt: ClassPrompt, field: str) -> None:
+        """Refuse a class this engine cannot segment (a text prompt alone, without text)."""
+        if not self.text_prompts and not prompt.has_geometry:
+            raise UnsupportedPrompt(
+                f"class {prompt.label!r} has only a text prompt; the {self.name} engine needs "
+                "boxes or points (text needs a segmentation model: use engine 'svor')",
+                field=field,
+            )
+
+
 class Engine(Protocol):
     name: str
+    capabilities: Capabilities
 
     def prepare(self, source: Path, info: InputInfo, out_dir: Path, progress: Progress) -> Path:
         """Make the working copy this engine segments and erases (the compress stage)."""
