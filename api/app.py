@@ -13,7 +13,7 @@ from fastapi.openapi.utils import get_openapi
 
 from api import errors, spec_parser
 from api.limits import RequestLimits
-from api.routes import events, feed, files, health, jobs, metrics, probe, ui
+from api.routes import batches, events, feed, files, health, jobs, metrics, probe, ui
 from api.schemas import Error, JobEvent
 from services import logs, runtime
 from services.jobs.lifecycle import Dispatcher
@@ -47,6 +47,7 @@ def create_app(dispatcher: Dispatcher | None = None) -> FastAPI:
     app.add_middleware(RequestLimits)
     routers = (
         jobs.router,
+        batches.router,
         events.router,
         files.router,
         health.router,
@@ -76,7 +77,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         title=app.title, version=app.version, description=app.description, routes=app.routes
     )
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    for model in (JobSpec, Error, JobEvent):
+    for model in (JobSpec, Error, JobEvent, *batches.EXTRA_SCHEMAS):
         model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(model_schema.pop("$defs", {}))
         components[model.__name__] = model_schema

@@ -11,6 +11,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services import logs
 from services.errors import Unauthorized
+from services.jobs.batch_store import BatchRecord
+from services.jobs.batches import Batches
 from services.jobs.lifecycle import Lifecycle
 from services.jobs.store import JobStore
 from services.models import Job
@@ -94,3 +96,23 @@ def _current_job(
 
 
 CurrentJob = Annotated[Job, Depends(_current_job)]
+
+
+async def _batches(jobs: JobsDep) -> Batches:
+    return Batches(jobs)
+
+
+BatchesDep = Annotated[Batches, Depends(_batches)]
+
+
+def _current_batch(
+    batch_id: Annotated[str, Path(alias="id", max_length=64)],
+    tenant: TenantDep,
+    batches: BatchesDep,
+) -> BatchRecord:
+    record = batches.store.get_for(tenant, batch_id)
+    logs.bind(batch_id=record.id)
+    return record
+
+
+CurrentBatch = Annotated[BatchRecord, Depends(_current_batch)]

@@ -4,7 +4,8 @@
   ``Content-Length`` is over (nothing of it is read), and as soon as the bytes
   received pass the limit when it comes chunked or lies about its length. A
   multipart submission may hold ``VOR_MAX_UPLOAD_BYTES`` of files plus
-  ``VOR_MAX_JSON_BYTES`` for the spec; any other body ``VOR_MAX_JSON_BYTES``.
+  ``VOR_MAX_JSON_BYTES`` for the spec, a batch ``VOR_MAX_BATCH_BYTES``; any
+  other body ``VOR_MAX_JSON_BYTES``.
 - A body must bring ``MIN_PROGRESS_BYTES`` (or its end) within every
   ``VOR_BODY_IDLE_TIMEOUT_S``: a client that stalls or trickles (a slowloris
   at 1 byte/s) gets 408.
@@ -37,10 +38,14 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024
 """Room for a multipart form's boundaries and part headers."""
 UPLOAD_PATHS = {"/v1/jobs", "/v1/probe"}
 """Where a multipart body may carry a video."""
+BATCH_PATH = "/v1/batches"
+"""Where a JSON body may hold ``VOR_MAX_BATCH_BYTES``."""
 
 
 def body_limit(scope: Scope, settings: Settings) -> int:
     """The most bytes this request's body may hold."""
+    if scope["method"] == "POST" and scope["path"].rstrip("/") == BATCH_PATH:
+        return settings.max_batch_bytes
     if scope["method"] == "POST" and scope["path"].rstrip("/") in UPLOAD_PATHS:
         content_type = _header(scope, b"content-type") or ""
         if content_type.lower().startswith("multipart/form-data"):

@@ -11,11 +11,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.jobs.batch_store import BatchView
 from services.models import InputInfo, JobView, Stage, Status
 
 
 class Job(JobView):
     """A job: status, stage, progress, its input, and result URLs or error."""
+
+
+class Batch(BatchView):
+    """A batch: its status, counts of its items by status, progress, and a page of items."""
 
 
 class JobList(BaseModel):
@@ -82,11 +87,11 @@ class Ready(BaseModel):
 ERROR_WHEN = {
     400: "The multipart form could not be parsed.",
     401: "No API key, or one that is not valid.",
-    404: "No such job (or another tenant's).",
+    404: "No such job or batch (or another tenant's).",
     408: "The request came too slowly (see VOR_HEADER_TIMEOUT_S, VOR_BODY_IDLE_TIMEOUT_S).",
-    409: "The job is not in a state that allows this (or an Idempotency-Key was reused "
-    "for another spec).",
-    413: "The body is over VOR_MAX_UPLOAD_BYTES / VOR_MAX_JSON_BYTES.",
+    409: "The job or batch is not in a state that allows this (or an Idempotency-Key was "
+    "reused for another request).",
+    413: "The body is over VOR_MAX_UPLOAD_BYTES / VOR_MAX_JSON_BYTES / VOR_MAX_BATCH_BYTES.",
     422: "A parameter, the spec, the video or a URL is not acceptable; `field` says which.",
     503: "Redis or storage is unreachable for a moment; retry after `Retry-After` seconds.",
 }

@@ -20,14 +20,18 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import lru_cache
+from typing import TypeVar
 
 from services.errors import TransientError
+from services.jobs.batch_spec import BatchRequest, parse_batch
 from services.jobs.spec_json import parse_spec
 from services.models import JobSpec
 
+T = TypeVar("T")
 INLINE_BYTES = 64 * 1024
 """Specs up to this size are parsed on the event loop: a few milliseconds at most."""
 PARSER_NICENESS = 10
@@ -64,12 +68,23 @@ def _start_parser(api_pid: int) -> None:
 async def parse(raw: str | bytes, field: str) -> JobSpec:
     if len(raw) <= INLINE_BYTES:
         return parse_spec(raw, field)
+    return await _in_parser(parse_spec, raw, field, field=field)
+
+
+async def parse_batch_request(raw: bytes) -> BatchRequest:
+    """A batch (up to ``VOR_MAX_BATCH_BYTES``), parsed as a large spec is."""
+    if len(raw) <= INLINE_BYTES:
+        return parse_batch(raw)
+    return await _in_parser(parse_batch, raw, field="body")
+
+
+async def _in_parser(parse: Callable[..., T], *args: str | bytes, field: str) -> T:
     try:
-        return await asyncio.get_running_loop().run_in_executor(_pool(), parse_spec, raw, field)
+        return await asyncio.get_running_loop().run_in_executor(_pool(), parse, *args)
     except BrokenProcessPool:
         _pool.cache_clear()
         raise TransientError(
-            "the spec parser stopped; send the job again", retry_after=1, field=field
+            "the spec parser stopped; send the request again", retry_after=1, field=field
         ) from None
 
 

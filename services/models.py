@@ -293,6 +293,8 @@ class Job(BaseModel):
         default_factory=dict, description="per terminal event: delivered, retrying, failed, gone"
     )
     idempotency_key: str | None = None
+    batch_id: str | None = Field(default=None, description="the batch this job is an item of")
+    batch_index: int | None = Field(default=None, description="its index in that batch's items")
 
     def public(
         self, result: dict[str, str] | None = None, input_url: str | None = None
@@ -320,6 +322,7 @@ class Job(BaseModel):
             runs=self.runs,
             webhooks=self.webhooks,
             webhook_state=self.webhook_state,
+            batch_id=self.batch_id,
         )
 
 
@@ -357,3 +360,4 @@ class JobView(BaseModel):
     webhook_state: dict[str, str] = Field(
         description="per terminal event: delivered, retrying, failed or gone"
     )
+    batch_id: str | None = Field(default=None, description="the batch this job is an item of")

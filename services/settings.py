@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     """The files of one multipart submission (video and mask together)."""
     max_json_bytes: int = Field(default=1024 * 1024, ge=1024)
     """A JSON body, and the spec part of a multipart submission."""
+    max_batch_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    """The JSON body of ``POST /v1/batches`` (10,000 items with specs of their own)."""
     header_timeout_s: float = Field(default=15.0, gt=0)
     """A request's line and headers must arrive within this long."""
     body_idle_timeout_s: float = Field(default=30.0, gt=0)

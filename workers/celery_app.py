@@ -21,6 +21,7 @@ from services.runtime import broker_url
 from services.settings import get_settings
 
 WEBHOOK_TASK = "vor.webhook"
+BATCH_TASK = "vor.batch"
 
 
 def task_name(stage: Stage) -> str:

@@ -13,12 +13,12 @@ import redis
 from services import runtime
 from services.engines import capabilities
 from services.jobs import notifications
-from services.jobs.plan import WEBHOOK_QUEUE, plan
+from services.jobs.plan import BATCH_QUEUE, WEBHOOK_QUEUE, plan
 from services.metrics import QueueDepths
 from services.models import Job, JobSpec, Queue
 from services.settings import get_settings
 from workers import broker, canvas
-from workers.celery_app import WEBHOOK_TASK, app
+from workers.celery_app import BATCH_TASK, WEBHOOK_TASK, app
 
 QUEUES = tuple(queue.value for queue in Queue)
 
@@ -44,6 +44,9 @@ class CeleryDispatcher:
         app.send_task(
             WEBHOOK_TASK, args=(job_id, event, seq), kwargs=kwargs, queue=WEBHOOK_QUEUE.value
         )
+
+    def advance_batch(self, batch_id: str) -> None:
+        app.send_task(BATCH_TASK, args=(batch_id,), queue=BATCH_QUEUE.value)
 
     def queued_jobs(self, *, held_for_less_than_s: float) -> set[str]:
         return broker.jobs_with_messages(

@@ -19,18 +19,25 @@ from celery.signals import worker_ready, worker_shutdown
 from services import runtime
 from services.errors import TransientError
 from services.jobs import pipeline, retries, sweeper
+from services.jobs.batch_spec import BATCH_EVENTS
+from services.jobs.batches import Batches
 from services.jobs.lifecycle import Lifecycle
-from services.jobs.plan import WEBHOOK_QUEUE
+from services.jobs.plan import BATCH_QUEUE, WEBHOOK_QUEUE
 from services.models import Job, Stage
 from services.netpolicy import guarded_client
 from services.settings import get_settings
-from workers.celery_app import WEBHOOK_TASK, app, task_name
+from workers.celery_app import BATCH_TASK, WEBHOOK_TASK, app, task_name
 from workers.dispatch import CeleryDispatcher
 
 
 @lru_cache
 def jobs() -> Lifecycle:
     return runtime.lifecycle(CeleryDispatcher())
+
+
+@lru_cache
+def batches() -> Batches:
+    return Batches(jobs())
 
 
 @lru_cache
@@ -45,7 +52,7 @@ def start_sweeper(**_: Any) -> None:
     worker_shutdown.connect(lambda **_: stopping.set(), weak=False)
     thread = threading.Thread(
         target=sweeper.sweep_forever,
-        args=(jobs(), stopping.is_set),
+        args=(jobs(), stopping.is_set, batches().sweep),
         name="vor-sweeper",
         daemon=True,
     )
@@ -126,15 +133,32 @@ def send_webhook(
     snapshot: dict[str, Any] | None = None,
 ) -> None:
     """One delivery attempt; a Celery retry resends the same message (same ``seq``);
-    ``snapshot`` is the job as it was when it was deleted."""
+    ``snapshot`` is the job as it was when it was deleted. A batch's events name the batch."""
+    attempt, secret = self.request.retries + 1, runtime.webhook_secret()
+    if event in BATCH_EVENTS:
+        retry_in = batches().deliver(
+            job_id, event, attempt=attempt, client=_webhook_client(), secret=secret
+        )
+        if retry_in is not None:
+            raise self.retry(countdown=retry_in)
+        return
     retry_in = jobs().deliver(
         job_id,
         event,
-        attempt=self.request.retries + 1,
+        attempt=attempt,
         client=_webhook_client(),
-        secret=runtime.webhook_secret(),
+        secret=secret,
         seq=seq,
         snapshot=Job.model_validate(snapshot) if snapshot else None,
     )
     if retry_in is not None:
         raise self.retry(countdown=retry_in)
+
+
+@app.task(name=BATCH_TASK, bind=True, acks_late=True, queue=BATCH_QUEUE.value,
+          autoretry_for=(TransientError,), retry_backoff=True, max_retries=None)  # fmt: skip
+def advance_batch(self: Task, batch_id: str) -> None:
+    """One step of a batch (a chunk of items made into jobs, or its cancellation); the
+    next step is a message of its own, so other work runs between a batch's chunks."""
+    if batches().advance(batch_id):
+        jobs().dispatcher.advance_batch(batch_id)

@@ -1,5 +1,8 @@
 """A job's life in one place: submit, cancel, delete, redeliver, fail, succeed, clean up.
 
+A job that is an item of a batch is counted in its batch by the job store, in the
+transaction that changes it; ending it checks whether its batch has completed.
+
 The states form one machine: ``queued -> running -> succeeded | failed | canceled``,
 and a terminal state is final. The job store writes each transition atomically
 (``start_stage`` moves a job to running, ``finish`` ends it and leaves an ended job
@@ -26,6 +29,7 @@ import httpx
 from services import logs, metrics
 from services.errors import Conflict, NotFound, VorError
 from services.jobs import notifications, submission, webhooks
+from services.jobs.batch_store import BatchStore
 from services.jobs.store import JobStore
 from services.models import Job, JobError, Stage, Status
 from services.settings import Settings
@@ -44,6 +48,11 @@ class Dispatcher(Protocol):
     def notify(self, job_id: str, event: str, *, snapshot: Job | None = None) -> None:
         """Queue one delivery of ``event``'s webhook; ``snapshot`` is the job as it was
         when it is about to be deleted, so the delivery does not need the store."""
+        ...
+
+    def advance_batch(self, batch_id: str) -> None:
+        """Queue one step of a batch: expand its next items into jobs, or cancel them
+        (``batches.Batches.advance``)."""
         ...
 
     def warm_up(self) -> None:
@@ -218,6 +227,16 @@ class Lifecycle:
             else None
         )
 
+    def complete_batch(self, batch_id: str) -> bool:
+        """Send ``batch.completed`` if every item of the batch has ended, once: True
+        for the one caller that completed it (whoever ends the last item, or the
+        expansion or sweeper finding the items all ended)."""
+        if not BatchStore(self.store).complete(batch_id):
+            return False
+        log.info("batch %s completed", batch_id)
+        self.dispatcher.notify(batch_id, "batch.completed")
+        return True
+
     def cleanup(self, job_id: str) -> None:
         """Remove the job's scratch files on this machine (stored files stay)."""
         shutil.rmtree(self.settings.work_dir / job_id, ignore_errors=True)
@@ -252,4 +271,6 @@ class Lifecycle:
             self.storage.delete_prefix(f"jobs/{job_id}/")
             return None
         self.cleanup(job_id)
+        if job.batch_id is not None:
+            self.complete_batch(job.batch_id)
         return job if job.status is status else None

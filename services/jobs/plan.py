@@ -21,6 +21,8 @@ ENGINE_STAGES = frozenset({Stage.segment, Stage.erase})
 """Stages whose work the engine does, on the queue the engine declares."""
 WEBHOOK_QUEUE = Queue.io
 """Webhook deliveries wait on the network."""
+BATCH_QUEUE = Queue.io
+"""Expanding a batch into jobs waits on Redis (and on DNS, checking each item's URL)."""
 
 SPANS: dict[str, dict[Stage, tuple[float, float]]] = {
     "remove": {

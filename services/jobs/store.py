@@ -60,9 +60,24 @@ class JobStore:
         pipe.zadd(self._key("tenant", job.tenant), {job.id: score})
         pipe.zadd(self._key("active"), {job.id: time.time()})
         metrics.count_transition(pipe, None, job.status, prefix=self.prefix)
+        self._count_in_batch(pipe, job, None)
         pipe.publish(self.tenant_channel(job.tenant), _event(job, with_id=True))
         pipe.execute()
         return job, True
+
+    def batch_key(self, batch_id: str) -> str:
+        """The hash of a batch's state, where its items are counted by status."""
+        return self._key("batch", batch_id)
+
+    def _count_in_batch(self, pipe: redis.client.Pipeline, job: Job, before: Status | None) -> None:
+        """Move the job's count in its batch from ``before`` to its status, in the same
+        transaction as the change itself: every item is counted once, in one status."""
+        if job.batch_id is None or before is job.status:
+            return
+        key = self.batch_key(job.batch_id)
+        if before is not None:
+            pipe.hincrby(key, f"n:{before.value}", -1)
+        pipe.hincrby(key, f"n:{job.status.value}", 1)
 
     def by_idempotency_key(self, tenant: str, key: str) -> Job | None:
         job_id = self._get(self._key("idem", tenant, key))
@@ -71,6 +86,13 @@ class JobStore:
     def get(self, job_id: str) -> Job | None:
         raw = self._get(self._key("job", job_id))
         return Job.model_validate_json(raw) if raw else None
+
+    def get_many(self, job_ids: list[str]) -> list[Job | None]:
+        """Several jobs in one round trip, in order (None where one does not exist)."""
+        if not job_ids:
+            return []
+        raws = cast("list[bytes | None]", self.redis.mget([self._key("job", j) for j in job_ids]))
+        return [Job.model_validate_json(raw) if raw else None for raw in raws]
 
     def require(self, job_id: str) -> Job:
         job = self.get(job_id)
@@ -103,6 +125,7 @@ class JobStore:
                     pipe.multi()
                     pipe.set(key, job.model_dump_json())
                     metrics.count_transition(pipe, before, job.status, prefix=self.prefix)
+                    self._count_in_batch(pipe, job, before)
                     if job.status.is_terminal():
                         pipe.zrem(self._key("active"), job_id)
                     else:

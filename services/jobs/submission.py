@@ -46,6 +46,8 @@ class Submission:
     mask: Path | None = None
     mask_name: str | None = None
     idempotency_key: str | None = None
+    batch_id: str | None = None
+    batch_index: int | None = None
 
 
 def probe_upload(path: Path, engine: str, settings: Settings) -> InputInfo:
@@ -308,6 +310,8 @@ def accept(sub: Submission, *, store: JobStore, settings: Settings) -> Job:
         segments=source.segments,
         done=source.done,
         idempotency_key=sub.idempotency_key,
+        batch_id=sub.batch_id,
+        batch_index=sub.batch_index,
     )
 
 

@@ -75,13 +75,16 @@ def _timed_out(job: Job, settings: Settings) -> StageTimedOut:
     )
 
 
-def sweep_forever(jobs: Lifecycle, stop: Callable[[], bool]) -> None:
-    """Sweep every ``sweep_interval_s`` while holding the sweep lock; never raise."""
+def sweep_forever(jobs: Lifecycle, stop: Callable[[], bool], *others: Callable[[], object]) -> None:
+    """Sweep every ``sweep_interval_s`` while holding the sweep lock; never raise.
+    ``others`` sweep too, in the same turn (``Batches.sweep``)."""
     interval = jobs.settings.sweep_interval_s
     while not stop():
         try:
             if jobs.store.acquire_lease("sweeper", "sweeper", interval * 0.9):
                 report = sweep(jobs)
+                for other in others:
+                    other()
                 if report.requeued or report.failed:
                     log.warning("sweep at %s: requeued %s, failed %s", utcnow().isoformat(),
                                 report.requeued, report.failed)  # fmt: skip

@@ -35,12 +35,16 @@ class Recording:
     queued: set[str] = field(default_factory=set)
     """What ``queued_jobs`` answers: jobs that still have a message in a queue."""
     warmed: int = 0
+    batches: list[str] = field(default_factory=list)
 
     def enqueue(self, job: Job) -> None:
         self.enqueued.append(job)
 
     def notify(self, job_id: str, event: str, *, snapshot: Job | None = None) -> None:
         self.notified.append((job_id, event, snapshot))
+
+    def advance_batch(self, batch_id: str) -> None:
+        self.batches.append(batch_id)
 
     def warm_up(self) -> None:
         self.warmed += 1
