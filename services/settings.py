@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     soft_shutdown_s: float = 30.0
     stall_timeout_s: float = 60.0
     sweep_interval_s: float = 10.0
+    batch_chunk: int = Field(default=100, ge=1, le=1000)
+    """Items of a batch made into jobs per step (one ``vor.batch`` task)."""
     debug_stage_delays: str | None = None
     debug_crash_label: str | None = None
     """``VOR_DEBUG_CRASH_LABEL=poison``: segmenting a class of that label kills its worker
@@ -92,7 +94,8 @@ class Settings(BaseSettings):
     transient error asking to retry after 8 s (fault injection for tests)."""
 
     def stage_delays(self) -> dict[str, float]:
-        """``VOR_DEBUG_STAGE_DELAYS=erase:3,publish:1``: seconds to idle at a stage's start.
+        """``VOR_DEBUG_STAGE_DELAYS=erase:3,publish:1``: seconds to idle at a stage's start
+        (``batch``: at each step of a batch's expansion).
 
         For fault-injection tests and demos only: it widens the window in which a
         test kills a worker or an upstream mid-stage.

@@ -15,11 +15,13 @@ import pytest
 from services.errors import Conflict, InvalidSpec
 from services.jobs.batch_spec import BatchRequest, item_spec, parse_batch
 from services.jobs.batch_store import BatchRecord, BatchStore, ItemError, new_batch_id
-from services.jobs.batches import CHUNK, Batches
+from services.jobs.batches import Batches
 from services.jobs.lifecycle import Lifecycle
 from services.models import Status
 from tests.support.jobs import make_lifecycle, recording
 
+CHUNK = 100
+"""``VOR_BATCH_CHUNK``'s default."""
 BOX = {"label": "logo", "boxes": [[0.1, 0.1, 0.2, 0.2]]}
 URL = "http://127.0.0.1:9/clip.mp4"
 

@@ -1,11 +1,12 @@
 """Batches: many items submitted at once, each made into a job of its own in the background.
 
-``submit`` stores the batch and its items as sent and answers at once; ``advance``
-(run by a queued task, ``Dispatcher.advance_batch``) then makes ``CHUNK`` items at
-a time into jobs through ``Lifecycle.submit``, the path of every job, so each item
-is checked, queued, scheduled, retried and ended like any other. An item that
-cannot be a job (a bad spec, a refused URL) is settled as failed with an error
-naming its field, and the others go on.
+``submit`` stores the batch and its items as sent and answers at once. ``advance``
+(run by a queued task, ``Dispatcher.advance_batch``) then makes ``VOR_BATCH_CHUNK``
+items at a time into jobs through ``Lifecycle.submit``, the path of every job, so
+each item is checked, queued, scheduled, retried and ended like any other. Each
+step is a message of its own, so the queue serves other work between a batch's
+steps. An item that cannot be a job (a bad spec, a refused URL) is settled as
+failed with an error naming its field, and the others go on.
 
 Expanding is resumable: ``expanded`` moves after each chunk, and each item's
 job carries an idempotency key of its own (``batch_store.item_key``), so a chunk
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,8 +47,6 @@ from services.jobs.lifecycle import Lifecycle
 from services.jobs.submission import Submission, check_url
 from services.models import Job, WebhookAttempt, utcnow
 
-CHUNK = 100
-"""Items made into jobs per task: small enough that a lost worker costs little."""
 MAX_PAGE = 500
 log = logging.getLogger("vor.batches")
 
@@ -117,8 +117,9 @@ class Batches:
                 self._cancel_items(record, int(state["expanded"]))
                 return False
             start = int(state["expanded"])
-            stop = min(record.total, start + CHUNK)
+            stop = min(record.total, start + self.jobs.settings.batch_chunk)
             if start < stop:
+                time.sleep(self.jobs.settings.stage_delays().get("batch", 0.0))
                 self._expand(record, start, stop)
                 self.store.set_expanded(batch_id, stop)
             self.jobs.complete_batch(batch_id)
@@ -256,6 +257,8 @@ class Batches:
             if int(state["expanded"]) < int(state["total"]) or (
                 state.get("cancel") and not state.get("completed_at")
             ):
+                log.warning("batch %s stalled at item %s: its next step is queued again",
+                            batch_id, state["expanded"])  # fmt: skip
                 self.jobs.dispatcher.advance_batch(batch_id)
                 restarted.append(batch_id)
             self.jobs.complete_batch(batch_id)
