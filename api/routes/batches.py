@@ -16,6 +16,7 @@ from services import logs
 from services.errors import InvalidInput
 from services.jobs.batch_spec import MAX_ITEMS, BatchItem, BatchRequest
 from services.jobs.batches import MAX_PAGE
+from services.models import URL_PATTERN
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 log = logging.getLogger("vor.api")
@@ -40,7 +41,17 @@ SUBMIT_BODY: dict[str, Any] = {
                             "maxItems": MAX_ITEMS,
                             "items": {"$ref": "#/components/schemas/BatchItem"},
                         },
-                        "webhook_url": {"type": "string", "maxLength": 2048},
+                        "webhook_url": {
+                            "anyOf": [
+                                {
+                                    "type": "string",
+                                    "maxLength": 2048,
+                                    "pattern": f"^{URL_PATTERN.pattern}$",
+                                },
+                                {"type": "null"},
+                            ],
+                            "description": "where `batch.completed` is sent",
+                        },
                         "webhook_events": {
                             "type": "array",
                             "items": {"type": "string", "enum": ["batch.completed"]},
