@@ -5,6 +5,9 @@ and a webhook receiver that checks ``batch.completed``'s signature.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +20,8 @@ from standardwebhooks.webhooks import Webhook
 from services.cli.embedded import EmbeddedService
 from services.cli.processes import kill_tree
 from services.media.synthetic import SyntheticClip, make_clip
-from tests.conftest import WEBHOOK_SECRET, api_client, service_env
+from services.media.video import probe
+from tests.conftest import API_KEYS, WEBHOOK_SECRET, api_client, service_env
 from tests.support.files import FileServer
 from tests.support.receiver import Receiver
 
@@ -306,3 +310,46 @@ def test_a_batch_of_10000_items_fits_the_request_limits(acme: httpx.Client) -> N
     acme.post(f"/v1/batches/{batch['id']}/cancel")
     final = wait_batch(acme, batch["id"], timeout=60)
     assert final["counts"]["pending"] == 0
+
+
+VOR = [sys.executable, "-m", "services.cli"]
+
+
+@pytest.mark.timeout(120)
+def test_vor_remove_a_folder_as_one_batch(
+    service: EmbeddedService, tiny: SyntheticClip, files: FileServer, tmp_path: Path
+) -> None:
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name in ("a.mp4", "b.mp4", "c.mov"):
+        (folder / name).write_bytes(tiny.path.read_bytes())
+    (folder / "notes.txt").write_text("not a video")
+    box = [round(v * s) for v, s in zip(tiny.box(0), (64, 48, 64, 48), strict=True)]
+    env = {**os.environ, "VOR_API_KEY": API_KEYS["acme"]}
+    proc = subprocess.run(
+        [*VOR, "remove", str(folder), "--server", service.url,
+         "--boxes", "disc:" + ",".join(map(str, box)), "-o", str(tmp_path / "out")],
+        env=env, capture_output=True, text=True, timeout=100,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert "accepted: 3 videos" in lines[0] and "3/3 ended" in lines[-1]
+    assert all(line.startswith("[") for line in lines[1:]), "one progress bar, redrawn"
+    for stem in ("a", "b", "c"):
+        assert probe(tmp_path / "out" / f"{stem}_removed.mp4").frames == 6
+    summary = json.loads((tmp_path / "out" / "batch.json").read_text())
+    assert [item["status"] for item in summary["items"]] == ["succeeded"] * 3
+
+    listed = tmp_path / "videos.txt"
+    listed.write_text(
+        f"# two clips\nclips/a.mp4\n\n{files.url('tiny.mp4')}\n{files.url('gone.mp4')}\n"
+    )
+    proc = subprocess.run(
+        [*VOR, "remove", str(listed), "--server", service.url,
+         "--boxes", "disc:" + ",".join(f"{v:.4f}" for v in tiny.box(0))],
+        env=env, capture_output=True, text=True, timeout=100, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "gone.mp4: failed" in proc.stdout and "404" in proc.stdout
+    assert (tmp_path / "videos_removed" / "a_removed.mp4").exists()
+    assert (tmp_path / "videos_removed" / "tiny_removed.mp4").exists()

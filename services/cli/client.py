@@ -62,6 +62,26 @@ class VorClient:
                 part[1].close()
         return self._json(response)
 
+    def submit_batch(
+        self, body: dict[str, Any], *, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._json(self.http.post("/v1/batches", json=body, headers=headers))
+
+    def batch(self, batch_id: str, *, offset: int = 0, limit: int = 1) -> dict[str, Any]:
+        params = {"offset": offset, "limit": limit}
+        return self._json(self.http.get(f"/v1/batches/{batch_id}", params=params))
+
+    def batch_items(self, batch_id: str) -> list[dict[str, Any]]:
+        """Every item of the batch, a page of 500 at a time."""
+        items: list[dict[str, Any]] = []
+        offset: int | None = 0
+        while offset is not None:
+            page = self.batch(batch_id, offset=offset, limit=500)
+            items += page["items"]
+            offset = page["next_offset"]
+        return items
+
     def get(self, job_id: str) -> dict[str, Any]:
         return self._json(self.http.get(f"/v1/jobs/{job_id}"))
 

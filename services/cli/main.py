@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from services import logs
+from services.cli import batch
 from services.cli.client import ApiError, ProgressBar, VorClient
 from services.cli.embedded import EmbeddedService, worker_args
 from services.errors import NotConfigured, VorError
@@ -80,7 +81,13 @@ def _add_remove_command(commands: Subcommands) -> None:
         description="Remove objects from a video, with the SVOR reference CLI's flags: "
         "--classes, --targets, --boxes and --points take several values each, or repeat.",
     )
-    remove.add_argument("input", nargs="?", type=Path, help="the video")
+    remove.add_argument(
+        "input",
+        nargs="?",
+        type=Path,
+        help="the video; or a folder of videos, or a list file (.txt) of paths and URLs, "
+        "removed as one batch into -o DIR",
+    )
     remove.add_argument("--video", type=Path, help="the video (same as the positional)")
     for flag, metavar, text in (
         ("--classes", "LABEL[:TEXT[:PROMPT]]", "classes to find, by text and removal prompt"),
@@ -116,6 +123,12 @@ def _add_remove_command(commands: Subcommands) -> None:
     remove.add_argument("-o", "--output", type=Path, help="where to write the result")
     remove.add_argument("--server", help="URL of a running vor service")
     remove.add_argument("--api-key", default=os.environ.get("VOR_API_KEY"))
+    remove.add_argument(
+        "--serve-host",
+        default="127.0.0.1",
+        help="a batch of local files: the address of this machine its workers fetch them "
+        "from (default 127.0.0.1: the embedded service, or a --server on this machine)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -353,6 +366,8 @@ def _video_of(args: argparse.Namespace) -> Path:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
+    if batch.is_batch_input(args.video or args.input):
+        return cmd_remove_batch(args, args.video or args.input)
     video = _video_of(args)
     info = probe(video)
     cache = SegmentCache(args.tmp_dir, video)
@@ -369,12 +384,61 @@ def cmd_remove(args: argparse.Namespace) -> int:
     )
 
 
-def _on_service(args: argparse.Namespace, run: Callable[[VorClient], int]) -> int:
+def _on_service(
+    args: argparse.Namespace,
+    run: Callable[[VorClient], int],
+    env: dict[str, str] | None = None,
+) -> int:
     """``run`` against ``--server``, or a vor started for it with its data in ``--tmp-dir``."""
     if args.server:
         return run(VorClient(args.server, api_key=args.api_key))
-    with EmbeddedService(args.tmp_dir.resolve() / "service") as service:
+    with EmbeddedService(args.tmp_dir.resolve() / "service", env=env) as service:
         return run(VorClient(service.url))
+
+
+def cmd_remove_batch(args: argparse.Namespace, source: Path) -> int:
+    """A folder or list file as one batch: one progress bar, results into ``-o DIR``."""
+    if args.segment or args.skip_segment or args.mask:
+        raise UsageError("a folder or list is removed as a batch: --segment, --skip-segment "
+                         "and --mask take one video")  # fmt: skip
+    try:
+        sources = batch.sources_of(source)
+    except batch.BatchInputError as exc:
+        raise UsageError(str(exc)) from None
+    shared = spec_from_args(args, None)
+    corners = [
+        xy for c in shared.get("classes", []) for xy in c.get("boxes", []) + c.get("points", [])
+    ]
+    in_pixels = any(v > 1.0 for xy in corners for v in xy)
+    if in_pixels:
+        shared.pop("classes")  # each video's own, normalised by its size
+    out = args.output or source.with_name(
+        f"{source.stem if source.is_file() else source.name}_removed"
+    )
+
+    def item(src: batch.Source, url: str) -> dict[str, Any]:
+        entry: dict[str, Any] = {"video_url": url, "ref": src.ref}
+        if in_pixels:
+            if src.path is None:
+                raise UsageError(f"{src.ref}: give boxes and points as 0..1 for URLs (the size "
+                                 "of a video vor has not seen is unknown here)")  # fmt: skip
+            info = probe(src.path)
+            entry["spec"] = {"classes": spec_from_args(args, (info.width, info.height))["classes"]}
+        return entry
+
+    def run(client: VorClient) -> int:
+        with batch.served(sources, args.serve_host) as urls:
+            items = [item(src, urls[src.ref]) for src in sources]
+            created = client.submit_batch({"spec": shared, "items": items})
+            print(f"batch {created['id']} accepted: {created['total']} videos", file=sys.stderr)
+            batch.follow(client, created["id"], batch.BatchBar())
+        return 1 if batch.collect(client, created["id"], out) else 0
+
+    from services.settings import get_settings
+
+    allowed = get_settings().allowed_url_networks or ""
+    env = {"VOR_ALLOWED_URL_NETWORKS": ",".join(n for n in (allowed, "127.0.0.0/8") if n)}
+    return _on_service(args, run, env)
 
 
 class SegmentCache:
