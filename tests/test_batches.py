@@ -7,11 +7,14 @@ task would.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from services.cli import batch
 from services.errors import Conflict, InvalidSpec
 from services.jobs.batch_spec import BatchRequest, item_spec, parse_batch
 from services.jobs.batch_store import BatchRecord, BatchStore, ItemError, new_batch_id
@@ -171,3 +174,42 @@ def test_an_item_without_a_job_is_counted_once_however_often_it_is_settled(
     counts = store.summary(record).counts
     assert (counts.failed, counts.invalid, counts.canceled, counts.pending) == (1, 1, 1, 0)
     assert store.open_ids() == []
+
+
+def test_a_folder_or_list_becomes_the_sources_of_a_batch(tmp_path: Path) -> None:
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name in ("b.mp4", "a.MOV", "notes.txt"):
+        (folder / name).write_bytes(b"video bytes " + name.encode())
+    assert [s.ref for s in batch.sources_of(folder)] == ["a.MOV", "b.mp4"]
+    listed = tmp_path / "list.txt"
+    listed.write_text("# clips\nclips/b.mp4\n\nhttps://example.com/c.mp4\n")
+    sources = batch.sources_of(listed)
+    assert sources[0].path == folder / "b.mp4" and sources[1].url == "https://example.com/c.mp4"
+    with batch.served(sources, "127.0.0.1") as urls:
+        assert urls["https://example.com/c.mp4"] == "https://example.com/c.mp4"
+        assert httpx.get(urls["clips/b.mp4"]).content == b"video bytes b.mp4"
+        assert httpx.get(urls["clips/b.mp4"].rsplit("/", 3)[0] + "/0/b.mp4").status_code == 404
+    listed.write_text("clips/missing.mp4\n")
+    with pytest.raises(batch.BatchInputError, match="missing.mp4: no such file"):
+        batch.sources_of(listed)
+    (tmp_path / "empty.txt").write_text("# nothing yet\n")
+    with pytest.raises(batch.BatchInputError, match="holds no videos"):
+        batch.sources_of(tmp_path / "empty.txt")
+
+
+def test_the_batch_bar_is_one_line_redrawn() -> None:
+    out = io.StringIO()
+    bar = batch.BatchBar(out, width=10)
+    counts = {"queued": 1, "running": 1, "succeeded": 1, "failed": 1, "canceled": 0}
+    bar({"status": "running", "total": 4, "progress": 0.5, "counts": counts})
+    bar(
+        {
+            "status": "completed",
+            "total": 4,
+            "progress": 1.0,
+            "counts": {**counts, "succeeded": 3, "running": 0, "queued": 0},
+        }
+    )
+    assert out.getvalue().count("\r") == 2 and out.getvalue().endswith("\n")
+    assert "2/4 ended, 1 running, 1 failed" in out.getvalue()
