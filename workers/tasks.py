@@ -155,10 +155,17 @@ def send_webhook(
         raise self.retry(countdown=retry_in)
 
 
-@app.task(name=BATCH_TASK, bind=True, acks_late=True, queue=BATCH_QUEUE.value,
-          autoretry_for=(TransientError,), retry_backoff=True, max_retries=None)  # fmt: skip
+@app.task(name=BATCH_TASK, bind=True, acks_late=True, queue=BATCH_QUEUE.value, max_retries=None)
 def advance_batch(self: Task, batch_id: str) -> None:
     """One step of a batch (a chunk of items made into jobs, or its cancellation); the
-    next step is a message of its own, so other work runs between a batch's chunks."""
-    if batches().advance(batch_id):
+    next step is a message of its own, so other work runs between a batch's chunks. A
+    transient refusal (the tenant's queue full, Redis away) is retried after its
+    ``retry_after``, as long as it takes: the items wait, none is lost."""
+    try:
+        more = batches().advance(batch_id)
+    except TransientError as exc:
+        raise self.retry(
+            exc=exc, countdown=retries.transient_delay(exc, self.request.retries)
+        ) from exc
+    if more:
         jobs().dispatcher.advance_batch(batch_id)

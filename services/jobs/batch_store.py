@@ -225,10 +225,12 @@ class BatchStore:
         keys = [self.jobs.batch_key(batch_id), self._key(batch_id, "results")]
         return bool(self._settle(keys=keys, args=[str(index), json.dumps(outcome), *counts]))
 
-    def set_expanded(self, batch_id: str, count: int) -> None:
+    def set_expanded(self, batch_id: str, count: int, *, wait_s: float = 0.0) -> None:
+        """``count`` items are made into jobs (or settled); the batch's heartbeat, set
+        ``wait_s`` into the future when its next step waits that long on purpose."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(self.jobs.batch_key(batch_id), key="expanded", value=str(count))
-        pipe.zadd(self._open_key(), {batch_id: time.time()}, xx=True)
+        pipe.zadd(self._open_key(), {batch_id: time.time() + wait_s}, xx=True)
         pipe.execute()
 
     def ask_cancel(self, batch_id: str) -> bool:

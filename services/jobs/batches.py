@@ -121,7 +121,6 @@ class Batches:
             if start < stop:
                 time.sleep(self.jobs.settings.stage_delays().get("batch", 0.0))
                 self._expand(record, start, stop)
-                self.store.set_expanded(batch_id, stop)
             self.jobs.complete_batch(batch_id)
             return stop < record.total
         finally:
@@ -131,14 +130,28 @@ class Batches:
         return max(self.jobs.settings.stall_timeout_s, 1.0)
 
     def _expand(self, record: BatchRecord, start: int, stop: int) -> None:
+        """Make items ``start`` .. ``stop - 1`` into jobs and move ``expanded`` past them.
+
+        A transient refusal (Redis, storage, or the tenant's queue full: 429 for a
+        client) keeps what was made, marks the batch as waiting until its
+        ``retry_after`` (so the sweeper leaves it alone meanwhile) and is raised for
+        the task to retry the rest later.
+        """
         made: dict[int, str] = {}
+        index = start
         try:
             for index, item in enumerate(self.store.items(record.id, start, stop), start):
                 job_id = self._make_job(record, index, item)
                 if job_id is not None:
                     made[index] = job_id
-        finally:
+            index = stop
+        except TransientError as exc:
             self.store.record_jobs(record.id, made)
+            self.store.set_expanded(record.id, index, wait_s=exc.retry_after or 0.0)
+            log.info("batch %s waits at item %d: %s", record.id, index, exc.message)
+            raise
+        self.store.record_jobs(record.id, made)
+        self.store.set_expanded(record.id, index)
 
     def _make_job(self, record: BatchRecord, index: int, item: Any) -> str | None:
         """Item ``index`` as a job; None when it is invalid (settled as failed)."""
@@ -153,9 +166,9 @@ class Batches:
                     batch_index=index,
                 )
             )
-        except TransientError:
-            raise
         except VorError as exc:
+            if isinstance(exc, TransientError):
+                raise
             where = f"items[{index}]"
             name = exc.field or ""
             name = name if name.startswith(where) else f"{where}.{name}".rstrip(".")
