@@ -20,7 +20,7 @@ from services import runtime
 from services.errors import TransientError
 from services.jobs import pipeline, retries, sweeper
 from services.jobs.batch_spec import BATCH_EVENTS
-from services.jobs.batches import Batches
+from services.jobs.batches import BUSY_RETRY_S, Batches, Step
 from services.jobs.lifecycle import Lifecycle
 from services.jobs.plan import BATCH_QUEUE, WEBHOOK_QUEUE
 from services.models import Job, Stage
@@ -162,10 +162,11 @@ def advance_batch(self: Task, batch_id: str) -> None:
     transient refusal (the tenant's queue full, Redis away) is retried after its
     ``retry_after``, as long as it takes: the items wait, none is lost."""
     try:
-        more = batches().advance(batch_id)
+        step = batches().advance(batch_id)
     except TransientError as exc:
-        raise self.retry(
-            exc=exc, countdown=retries.transient_delay(exc, self.request.retries)
-        ) from exc
-    if more:
+        countdown = retries.transient_delay(exc, self.request.retries)
+        raise self.retry(exc=exc, countdown=countdown) from exc
+    if step is Step.busy:
+        raise self.retry(countdown=BUSY_RETRY_S)
+    if step is Step.more:
         jobs().dispatcher.advance_batch(batch_id)

@@ -26,6 +26,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import httpx
@@ -48,6 +49,18 @@ from services.jobs.submission import Submission, check_url
 from services.models import Job, WebhookAttempt, utcnow
 
 MAX_PAGE = 500
+BUSY_RETRY_S = 1.0
+"""How soon a step that found another step holding its batch tries again."""
+
+
+class Step(StrEnum):
+    """What ``Batches.advance`` left to do."""
+
+    done = "done"
+    more = "more"
+    busy = "busy"
+
+
 log = logging.getLogger("vor.batches")
 
 
@@ -102,27 +115,29 @@ class Batches:
         self.jobs.dispatcher.advance_batch(record.id)
         return self.view(record)
 
-    def advance(self, batch_id: str) -> bool:
-        """Expand the batch's next chunk (or, once canceled, cancel its items); True when
-        more is left to do, so the caller queues another ``advance``."""
+    def advance(self, batch_id: str) -> Step:
+        """Expand the batch's next chunk (or, once canceled, cancel its items): ``more``
+        when more is left to do (the caller queues another ``advance``), ``busy`` when
+        another step holds the batch (the caller tries again shortly: a cancel asked
+        meanwhile must not wait for the sweeper)."""
         record = self.store.get(batch_id)
         if record is None:
-            return False
+            return Step.done
         token, lease = secrets.token_hex(8), f"batch:{batch_id}"
         if not self.jobs.store.acquire_lease(lease, token, self._lease_s()):
-            return False
+            return Step.busy
         try:
             state = self.store.state(batch_id)
             if state.get("cancel"):
                 self._cancel_items(record, int(state["expanded"]))
-                return False
+                return Step.done
             start = int(state["expanded"])
             stop = min(record.total, start + self.jobs.settings.batch_chunk)
             if start < stop:
                 time.sleep(self.jobs.settings.stage_delays().get("batch", 0.0))
                 self._expand(record, start, stop)
             self.jobs.complete_batch(batch_id)
-            return stop < record.total
+            return Step.more if stop < record.total else Step.done
         finally:
             self.jobs.store.release_lease(lease, token)
 
