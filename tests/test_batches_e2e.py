@@ -4,8 +4,10 @@ and a webhook receiver that checks ``batch.completed``'s signature.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -204,6 +206,7 @@ def fragile(
         VOR_HEARTBEAT_S="0.5",
         VOR_STALL_TIMEOUT_S="3",
         VOR_SWEEP_INTERVAL_S="1",
+        VOR_TENANT_LIMITS='{"globex": {"max_queued": 4}}',
     )
     env.pop("VOR_REDIS_URL")
     with EmbeddedService(tmp_path_factory.mktemp("fragile"), env=env, io_threads=2) as service:
@@ -282,6 +285,36 @@ def test_another_tenants_job_does_not_wait_behind_a_batch(
     assert acme.get(f"/v1/batches/{batch.json()['id']}").json()["status"] != "completed"
     acme.post(f"/v1/batches/{batch.json()['id']}/cancel")
     wait_batch(acme, batch.json()["id"], timeout=120)
+
+
+@pytest.mark.skipif(not FAIR_DISPATCH, reason="needs per-tenant queued limits (issue 13a)")
+@pytest.mark.timeout(120)
+def test_a_batch_larger_than_the_tenants_queue_waits_for_room(
+    fragile: EmbeddedService, tiny: SyntheticClip
+) -> None:
+    """globex may queue 4 jobs: a batch of 10, submitted while the CPU worker is frozen,
+    waits for room (the 429's Retry-After) instead of failing the items that do not fit."""
+    worker = fragile.processes["worker-cpu"]
+    with FileServer(tiny.path.parent) as server, api_client(fragile, "globex") as client:
+        frozen = kill_tree(worker.pid, signal.SIGSTOP)
+        try:
+            items = [{"video_url": server.url("tiny.mp4")}] * 10
+            batch = post_batch(client, {"spec": shared_spec(tiny), "items": items}).json()
+            deadline = time.monotonic() + 30
+            while (state := client.get(f"/v1/batches/{batch['id']}").json())["counts"][
+                "queued"
+            ] < 4:
+                assert time.monotonic() < deadline, state
+                time.sleep(0.1)
+            time.sleep(2.0)
+            state = client.get(f"/v1/batches/{batch['id']}").json()
+            assert state["status"] == "accepting" and state["counts"]["pending"] >= 5, state
+        finally:
+            for pid in frozen:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+        final = wait_batch(client, batch["id"], timeout=100)
+    assert final["counts"]["succeeded"] == 10 and final["counts"]["invalid"] == 0, final
 
 
 def _seconds_of_a_finished_item(client: httpx.Client, batch_id: str) -> float:
