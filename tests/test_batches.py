@@ -27,6 +27,7 @@ CHUNK = 100
 """``VOR_BATCH_CHUNK``'s default."""
 BOX = {"label": "logo", "boxes": [[0.1, 0.1, 0.2, 0.2]]}
 URL = "http://127.0.0.1:9/clip.mp4"
+HOOK = "http://127.0.0.1:9/hook"
 
 
 @pytest.fixture
@@ -79,7 +80,7 @@ def test_items_become_jobs_and_invalid_items_fail_alone(jobs: Lifecycle) -> None
 
 def test_completed_once_when_every_item_ended(jobs: Lifecycle) -> None:
     batches = Batches(jobs)
-    record, _ = batches.submit("acme", request([{"video_url": URL}] * 3))
+    record, _ = batches.submit("acme", request([{"video_url": URL}] * 3, webhook_url=HOOK))
     run(batches, record.id)
     made, _ = jobs.store.list_jobs("acme", limit=10)
     jobs.fail(made[0].id, None, InvalidSpec("bad"))
@@ -111,7 +112,9 @@ def test_expansion_resumed_after_a_crash_makes_no_second_job(jobs: Lifecycle) ->
 
 def test_cancel_ends_the_items_queued_and_those_not_made_yet(jobs: Lifecycle) -> None:
     batches = Batches(jobs)
-    record, _ = batches.submit("acme", request([{"video_url": URL}] * (CHUNK + 20)))
+    record, _ = batches.submit(
+        "acme", request([{"video_url": URL}] * (CHUNK + 20), webhook_url=HOOK)
+    )
     assert batches.advance(record.id) is Step.more  # one chunk made; the rest not yet
     batches.cancel(record)
     assert batches.view(record).status == "canceling"
@@ -213,3 +216,11 @@ def test_the_batch_bar_is_one_line_redrawn() -> None:
     )
     assert out.getvalue().count("\r") == 2 and out.getvalue().endswith("\n")
     assert "2/4 ended, 1 running, 1 failed" in out.getvalue()
+
+
+def test_a_batch_without_a_webhook_queues_no_delivery(jobs: Lifecycle) -> None:
+    batches = Batches(jobs)
+    record, _ = batches.submit("acme", request([{"video_url": "ftp://example.com/a.mp4"}]))
+    run(batches, record.id)
+    assert batches.view(record).status == "completed"
+    assert recording(jobs).events(record.id) == []

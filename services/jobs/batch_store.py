@@ -255,10 +255,9 @@ class BatchStore:
 
     def job_ids_by_item_key(self, batch: BatchRecord, indexes: range) -> dict[int, str]:
         """Jobs already made for items in ``indexes`` (found by their idempotency keys)."""
-        prefix = self.jobs.prefix
-        keys = [f"{prefix}:idem:{batch.tenant}:{item_key(batch.id, i)}" for i in indexes]
-        raws = cast("list[bytes | None]", self.redis.mget(keys)) if keys else []
-        return {i: raw.decode() for i, raw in zip(indexes, raws, strict=True) if raw}
+        keys = [item_key(batch.id, i) for i in indexes]
+        found = self.jobs.ids_by_idempotency_keys(batch.tenant, keys)
+        return {i: job_id for i, job_id in zip(indexes, found, strict=True) if job_id}
 
     def set_webhook_state(self, batch_id: str, state: str) -> None:
         self.redis.hset(self.jobs.batch_key(batch_id), key="webhook_state", value=state)

@@ -36,6 +36,7 @@ from services.settings import Settings
 from services.storage import Storage
 
 log = logging.getLogger("vor.jobs")
+BATCH_DONE = "batch.completed"
 
 
 class Dispatcher(Protocol):
@@ -231,10 +232,13 @@ class Lifecycle:
         """Send ``batch.completed`` if every item of the batch has ended, once: True
         for the one caller that completed it (whoever ends the last item, or the
         expansion or sweeper finding the items all ended)."""
-        if not BatchStore(self.store).complete(batch_id):
+        batches = BatchStore(self.store)
+        if not batches.complete(batch_id):
             return False
         log.info("batch %s completed", batch_id)
-        self.dispatcher.notify(batch_id, "batch.completed")
+        record = batches.get(batch_id)
+        if record is not None and record.webhook_url and BATCH_DONE in record.webhook_events:
+            self.dispatcher.notify(batch_id, BATCH_DONE)
         return True
 
     def cleanup(self, job_id: str) -> None:

@@ -79,6 +79,15 @@ class JobStore:
             pipe.hincrby(key, f"n:{before.value}", -1)
         pipe.hincrby(key, f"n:{job.status.value}", 1)
 
+    def ids_by_idempotency_keys(self, tenant: str, keys: list[str]) -> list[str | None]:
+        """The job each key names (None where none), in one round trip."""
+        if not keys:
+            return []
+        raws = cast(
+            "list[bytes | None]", self.redis.mget([self._key("idem", tenant, k) for k in keys])
+        )
+        return [raw.decode() if raw else None for raw in raws]
+
     def by_idempotency_key(self, tenant: str, key: str) -> Job | None:
         job_id = self._get(self._key("idem", tenant, key))
         return self.get(job_id.decode()) if job_id else None
