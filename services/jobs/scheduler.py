@@ -43,8 +43,9 @@ from services.settings import Settings
 PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
 RANK_SPAN = 10**14
 """Scores are ``rank * RANK_SPAN + arrival``: exact in a double up to 9e15."""
-FALLBACK_CAPACITY = 4
-"""Released jobs per pool while no live worker has reported its slots."""
+FALLBACK_CAPACITY = 1
+"""Released jobs per pool while no live worker has reported its slots (a worker
+releases more as soon as it is ready)."""
 QUEUE_FULL_RETRY_AFTER_S = 10
 """``Retry-After`` of a 429 for a full queue: a documented constant, not an estimate."""
 MAX_RELEASE = 1000
