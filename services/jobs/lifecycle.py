@@ -28,7 +28,7 @@ import httpx
 from services import logs, metrics
 from services.errors import Conflict, NotFound, VorError
 from services.jobs import notifications, submission, webhooks
-from services.jobs.scheduler import Scheduler
+from services.jobs.scheduler import Scheduler, pool_of
 from services.jobs.store import JobStore
 from services.models import Job, JobError, Stage, Status
 from services.settings import Settings
@@ -116,10 +116,11 @@ class Lifecycle:
         slot already (enqueued again after its worker died) goes to the queue at once."""
         if not self.scheduler.admit(job):
             self.dispatcher.enqueue(job)
-        self.dispatch()
+        self.dispatch([pool_of(job, self.settings)])
 
-    def dispatch(self) -> list[str]:
-        """Hand the jobs the scheduler releases to the dispatcher; their ids.
+    def dispatch(self, pools: list[str] | None = None) -> list[str]:
+        """Hand the jobs the scheduler releases (in ``pools``, default all) to the
+        dispatcher; their ids.
 
         A released job that ended meanwhile (canceled while it waited, or left by
         a crash) gives its slot back at once and the next one is taken. A crash
@@ -129,7 +130,7 @@ class Lifecycle:
         sent: list[str] = []
         for _ in range(100):
             freed = False
-            for job_id in self.scheduler.release():
+            for job_id in self.scheduler.release(pools):
                 job = self.store.get(job_id)
                 if job is None or job.status.is_terminal():
                     freed = self.scheduler.done(job_id) or freed

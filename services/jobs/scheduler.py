@@ -197,19 +197,20 @@ class Scheduler:
         args: list[str | int] = [self.prefix, job.id, pool, job.tenant, rank, RANK_SPAN]
         return int(self._admit(args=args)) != 0
 
-    def release(self) -> list[str]:
-        """Take the jobs that may start now, fairly, in every pool; their ids."""
+    def release(self, pools: Iterable[str] | None = None) -> list[str]:
+        """Take the jobs that may start now, fairly, in ``pools`` (default: every pool);
+        their ids."""
         overrides = {
             tenant: own.max_running
             for tenant, own in self.settings.tenant_limits.items()
             if own.max_running is not None
         }
         released: list[str] = []
-        for pool in Queue:
-            args = [
+        for pool in pools or [q.value for q in Queue]:
+            args: list[str | int] = [
                 self.prefix,
-                pool.value,
-                self.capacity(pool.value),
+                pool,
+                self.capacity(pool),
                 self.settings.tenant_max_running,
                 json.dumps(overrides) if overrides else "{}",
                 MAX_RELEASE,
