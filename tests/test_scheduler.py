@@ -199,3 +199,19 @@ def test_a_released_job_whose_message_was_lost_is_enqueued_again(
     assert report.requeued == [first]
     assert [(j.id, j.generation) for j in recording(jobs).enqueued] == [(first, 0), (first, 1)]
     assert jobs.scheduler.holds_slot(first), "the same slot, not a second one"
+
+
+def test_a_job_stored_but_never_admitted_is_admitted_by_the_sweeper(
+    jobs: Lifecycle, clip: SyntheticClip
+) -> None:
+    """A crash between storing a job and admitting it: the sweeper finds it stalled."""
+    first = submit(jobs, clip)
+    lost = job("acme")
+    jobs.store.create(lost)
+    time.sleep(0.3)
+    recording(jobs).queued.add(first)
+    report = sweeper.sweep(jobs)
+    assert report.requeued == [lost.id]
+    assert jobs.scheduler.waiting_among([lost.id]) == {lost.id}, "it waits its turn"
+    jobs.succeed(first, "publish", 0.1)
+    assert [j.id for j in recording(jobs).enqueued] == [first, lost.id]

@@ -50,8 +50,7 @@ def sweep(jobs: Lifecycle) -> SweepReport:
     jobs.dispatch()
     stale = store.active_ids(older_than_s=settings.stall_timeout_s)
     waiting = jobs.scheduler.waiting_among(stale)
-    for job_id in waiting:
-        store.touch(job_id)
+    store.touch_many(sorted(waiting))
     report.waiting.extend(waiting)
     stale = [job_id for job_id in stale if job_id not in waiting]
     if not stale:
