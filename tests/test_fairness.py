@@ -116,6 +116,11 @@ def test_a_backlog_does_not_delay_another_tenant(
     with ThreadPoolExecutor(4) as pool:
         backlog = list(pool.map(lambda _: accepted(acme, spec(tiny), tiny.path)["id"],
                                 range(BACKLOG)))  # fmt: skip
+    scrape = httpx.get(f"{fair.url}/metrics").text
+    waiting = next(line for line in scrape.splitlines()
+                   if line.startswith('vor_admission_waiting{pool="cpu"}'))  # fmt: skip
+    assert float(waiting.split()[-1]) > BACKLOG * 0.8, waiting
+    assert 'vor_admission_capacity{pool="cpu"} 1.0' in scrape
     b = accepted(globex, spec(tiny), tiny.path)
     high = accepted(acme, spec(tiny, priority="high"), tiny.path)
     b_done = wait(globex, b["id"], timeout=60)

@@ -37,6 +37,7 @@ import redis
 
 from services.engines import capabilities
 from services.errors import TenantQueueFull
+from services.metrics import AdmissionDepths
 from services.models import Job, Queue
 from services.settings import Settings
 
@@ -250,6 +251,22 @@ class Scheduler:
             rows = cast("dict[bytes, bytes]", self.redis.hgetall(self._key("running", pool.value)))
             found.update({k.decode(): v.decode() for k, v in rows.items()})
         return found
+
+    def depths(self) -> AdmissionDepths:
+        """Waiting and released jobs and the capacity of every pool (for ``/metrics``)."""
+        pools = [q.value for q in Queue]
+        rings = [cast("list[bytes]", self.redis.zrange(self._key("ring", p), 0, -1)) for p in pools]
+        pipe = self.redis.pipeline(transaction=False)
+        for pool, tenants in zip(pools, rings, strict=True):
+            pipe.hlen(self._key("running", pool))
+            for tenant in tenants:
+                pipe.zcard(self._key("wait", pool, tenant.decode()))
+        answers = iter(pipe.execute())
+        waiting, released = {}, {}
+        for pool, tenants in zip(pools, rings, strict=True):
+            released[pool] = int(next(answers))
+            waiting[pool] = sum(int(next(answers)) for _ in tenants)
+        return AdmissionDepths(waiting, released, {pool: self.capacity(pool) for pool in pools})
 
     def report_worker(self, name: str, queues: Iterable[str], slots: int, ttl_s: float) -> None:
         """A live worker's slots, counted in its queues' capacity for ``ttl_s``."""
