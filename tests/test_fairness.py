@@ -19,6 +19,7 @@ import httpx
 import pytest
 import redis
 
+from api.routes.jobs import preferred_wait
 from services.cli.embedded import EmbeddedService
 from services.cli.processes import kill_tree
 from services.media.synthetic import SyntheticClip, make_clip
@@ -201,3 +202,23 @@ def test_kill_9_of_the_workers_loses_no_job_and_no_slot(
     until_idle(fair)
     again = submit(acme, spec(tiny), tiny.path, headers={"Prefer": "wait=50"})
     assert again.status_code == 200 and again.json()["status"] == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("wait=5", 5),
+        ("respond-async, wait=3", 3),
+        ("handling=lenient, WAIT = 2", 2),
+        ('wait="7"', 7),
+        ("wait=600", 60),
+        ("wait=0", 0),
+        ("wait=soon", None),
+        ("wait=-1", None),
+        ("wait=١", None),
+        ("respond-async", None),
+        (None, None),
+    ],
+)
+def test_prefer_header_is_read_as_rfc_7240_says(header: str | None, seconds: int | None) -> None:
+    assert preferred_wait(header) == seconds
