@@ -129,9 +129,12 @@ def test_a_backlog_does_not_delay_another_tenant(
     a_jobs = jobs_of(acme, backlog)
     ran = [j for j in a_jobs if j["finished_at"] and j["started_at"]]
     longest = max(at(j, "finished_at") - at(j, "started_at") for j in ran)
-    b_wait = at(b_done, "started_at") - at(b_done, "created_at")
     assert b_done["status"] == high_done["status"] == "succeeded"
-    assert b_wait <= longest + 1.0, f"B waited {b_wait:.2f} s; one A job took {longest:.2f} s"
+    b_queued, b_started = at(b_done, "created_at"), at(b_done, "started_at")
+    ahead_of_b = [j for j in ran if b_queued < at(j, "started_at") < b_started]
+    assert len(ahead_of_b) <= 1, f"{len(ahead_of_b)} of A's jobs started while B waited"
+    b_wait = b_started - b_queued
+    assert b_wait <= longest + 2.0, f"B waited {b_wait:.2f} s; one A job took {longest:.2f} s"
     assert sum(j["status"] not in TERMINAL for j in a_jobs) > BACKLOG * 0.8, "A's backlog is on"
     overtaken = [j for j in a_jobs if j["status"] == "queued"]
     assert overtaken and all(j["started_at"] is None for j in overtaken)
