@@ -251,11 +251,6 @@ def test_kill_9_of_the_workers_mid_batch_loses_no_item(
         assert sorted(listed) == sorted(job_ids), "no item made a second job"
 
 
-FAIR_DISPATCH = False
-"""Issue 13a (fair dispatch between tenants) is not merged yet; with it, this is True."""
-
-
-@pytest.mark.skipif(not FAIR_DISPATCH, reason="needs fair dispatch between tenants (issue 13a)")
 @pytest.mark.timeout(300)
 def test_another_tenants_job_does_not_wait_behind_a_batch(
     acme: httpx.Client, globex: httpx.Client, files: FileServer, tiny: SyntheticClip
@@ -287,7 +282,6 @@ def test_another_tenants_job_does_not_wait_behind_a_batch(
     wait_batch(acme, batch.json()["id"], timeout=120)
 
 
-@pytest.mark.skipif(not FAIR_DISPATCH, reason="needs per-tenant queued limits (issue 13a)")
 @pytest.mark.timeout(120)
 def test_a_batch_larger_than_the_tenants_queue_waits_for_room(
     fragile: EmbeddedService, tiny: SyntheticClip
