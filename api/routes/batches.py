@@ -21,6 +21,11 @@ from services.models import URL_PATTERN
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 log = logging.getLogger("vor.api")
 
+ITEM_SCHEMA: dict[str, Any] = {
+    "description": "an item, as `BatchItem` describes it; an item that is not one is still "
+    "accepted and fails alone, its error naming its field (`items[3].video_url`)",
+    "anyOf": [{"$ref": "#/components/schemas/BatchItem"}, {}],
+}
 SUBMIT_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -39,7 +44,7 @@ SUBMIT_BODY: dict[str, Any] = {
                             "type": "array",
                             "minItems": 1,
                             "maxItems": MAX_ITEMS,
-                            "items": {"$ref": "#/components/schemas/BatchItem"},
+                            "items": ITEM_SCHEMA,
                         },
                         "webhook_url": {
                             "anyOf": [
