@@ -105,9 +105,12 @@ def test_five_invalid_items_fail_alone_and_the_batch_completes_once(
         items[index] = item
     with Receiver() as receiver:
         began = time.monotonic()
-        answer = post_batch(
-            acme, {"spec": shared_spec(tiny), "items": items, "webhook_url": receiver.url}
-        )
+        spec = {
+            **shared_spec(tiny),
+            "webhook_url": receiver.url,
+            "webhook_events": ["job.succeeded", "job.failed"],
+        }
+        answer = post_batch(acme, {"spec": spec, "items": items, "webhook_url": receiver.url})
         assert answer.status_code == 202, answer.text
         assert time.monotonic() - began < 2
         batch = answer.json()
@@ -117,10 +120,15 @@ def test_five_invalid_items_fail_alone_and_the_batch_completes_once(
         assert final["status"] == "completed" and final["progress"] == 1.0
         assert final["counts"]["succeeded"] == 45 and final["counts"]["failed"] == 5
         assert final["counts"]["invalid"] == 4
-        receiver.wait_for(1, timeout=10)
+        receiver.wait_for(47, timeout=20)
         time.sleep(1.0)
         [event] = completed_events(receiver)
+        types = [json.loads(r.body)["type"] for r in receiver.requests]
     assert event["data"]["id"] == batch["id"] and event["data"]["counts"]["succeeded"] == 45
+    assert types.count("job.succeeded") == 45 and types.count("job.failed") == 1, (
+        "each item still sends its own job webhooks (the 404 item's job fails; the 4 "
+        "refused items have no job)"
+    )
     items_seen = all_items(acme, batch["id"])
     assert [item["index"] for item in items_seen] == list(range(50))
     for index, item in enumerate(items_seen):
