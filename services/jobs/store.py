@@ -115,14 +115,20 @@ class JobStore:
                     continue
 
     def start_stage(
-        self, job_id: str, stage: Stage, label: str | None = None, *, generation: int = 0
+        self,
+        job_id: str,
+        stage: Stage,
+        label: str | None = None,
+        *,
+        generation: int = 0,
+        window: int | None = None,
     ) -> Job:
         """Mark ``stage`` as running and count the run.
 
         Raises ``Conflict`` when the job already ended, and ``Stale`` when this
         message belongs to an older generation of the job or the stage is done.
         """
-        key = stage_key(stage, label)
+        key = stage_key(stage, label, window)
 
         def change(job: Job) -> None:
             if job.status.is_terminal():

@@ -1,0 +1,91 @@
+"""A 20 s clip on the svor engine, through ``vor svor-server`` (3 s per upload) and real
+workers: windows, one set of object ids, removal of one id in every window."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from services.media.synthetic import CROSSING_COLOURS, SyntheticClip, make_crossing_clip
+from services.media.video import read_frames
+from services.media.windows import plan_windows
+from tests.helpers import accepted, download, wait
+
+COLOURS = {"ball": ["#e63c28", "#283ce6"]}
+"""Red and blue as #rrggbb: what the stand-in's colour detector finds for "ball"."""
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory: pytest.TempPathFactory) -> SyntheticClip:
+    return make_crossing_clip(tmp_path_factory.mktemp("long") / "crossing.mp4")
+
+
+@pytest.fixture
+def colours(svor_server: str) -> None:
+    httpx.post(f"{svor_server}/_text_colors", json=COLOURS).raise_for_status()
+    httpx.post(f"{svor_server}/_faults", json={}).raise_for_status()
+
+
+def uploads(svor_server: str) -> dict[str, Any]:
+    return dict(httpx.get(f"{svor_server}/_stats").json())
+
+
+def ids_per_object(mask: Path, clip: SyntheticClip) -> dict[int, set[int]]:
+    """For each true object, the ids the stitched mask gives its pixels on any frame."""
+    found: dict[int, set[int]] = {1: set(), 2: set()}
+    for truth, ids in zip(clip.masks, read_frames(mask, "gray"), strict=True):
+        for obj in (1, 2):
+            inside = ids[(truth == obj) & (ids > 0)]
+            if inside.size:
+                values, counts = np.unique(inside, return_counts=True)
+                found[obj].add(int(values[counts.argmax()]))
+    return found
+
+
+def test_a_20s_clip_keeps_one_id_per_object_and_removes_one_everywhere(
+    acme: httpx.Client,
+    svor_server: str,
+    long_clip: SyntheticClip,
+    colours: None,
+    tmp_path: Path,
+) -> None:
+    windows = plan_windows(len(long_clip.masks), long_clip.fps, 3.0)
+    assert len(windows) == 9
+    httpx.delete(f"{svor_server}/_stats").raise_for_status()
+    spec = {"mode": "segment", "engine": "svor", "classes": [{"label": "ball", "text": "ball"}]}
+    seg = wait(acme, accepted(acme, spec, long_clip.path)["id"], timeout=150)
+    assert seg["status"] == "succeeded", seg["error"]
+    assert seg["windows"] == {"total": 9, "segmented": 9, "erased": 0, "done": 9}
+    stats = uploads(svor_server)
+    assert stats["requests"]["sam3_prompt_seg"] == {"200": 9}
+    objects = seg["segments"]["ball"]["objects"]
+    assert [o["id"] for o in objects] == [1, 2]
+    mask = download(acme, seg["result"]["mask_url"], tmp_path / "ids.mkv")
+    per_object = ids_per_object(mask, long_clip)
+    assert len(per_object[1]) == 1 and len(per_object[2]) == 1, per_object
+    assert per_object[1] != per_object[2]
+    red = next(iter(per_object[1]))
+
+    remove = {"engine": "svor", "from_job": seg["id"], "targets": {"ball": [red]}}
+    job = wait(acme, accepted(acme, remove)["id"], timeout=150)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["windows"]["erased"] == 9
+    result = download(acme, job["result"]["video_url"], tmp_path / "result.mp4")
+    reds, blues = [], []
+    for truth, image in zip(long_clip.masks, read_frames(result), strict=True):
+        core = truth == 1
+        reds.append(_near(image[core], CROSSING_COLOURS[0]))
+        if (truth == 2).sum() > 100:  # at least a third of the disc in the picture
+            blues.append(_near(image[truth == 2], CROSSING_COLOURS[1]))
+    assert max(reds) < 0.05, f"red left on a frame: {max(reds):.2f} of its pixels"
+    assert min(blues) > 0.6, f"blue damaged on a frame: {min(blues):.2f} of its pixels left"
+
+
+def _near(pixels: np.ndarray, colour: tuple[int, int, int]) -> float:
+    """Share of ``pixels`` within 40 levels of ``colour`` on every channel."""
+    close = np.all(np.abs(pixels.astype(int) - np.array(colour)) <= 40, axis=1)
+    return float(close.mean())
