@@ -3,6 +3,8 @@ workers: windows, one set of object ids, removal of one id in every window."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +12,12 @@ import httpx
 import numpy as np
 import pytest
 
+from services.cli.embedded import EmbeddedService
+from services.cli.processes import kill_tree
 from services.media.synthetic import CROSSING_COLOURS, SyntheticClip, make_crossing_clip
 from services.media.video import read_frames
 from services.media.windows import plan_windows
+from tests.conftest import api_client, service_env
 from tests.helpers import accepted, download, wait
 
 COLOURS = {"ball": ["#e63c28", "#283ce6"]}
@@ -89,3 +94,52 @@ def _near(pixels: np.ndarray, colour: tuple[int, int, int]) -> float:
     """Share of ``pixels`` within 40 levels of ``colour`` on every channel."""
     close = np.all(np.abs(pixels.astype(int) - np.array(colour)) <= 40, axis=1)
     return float(close.mean())
+
+
+@pytest.fixture(scope="module")
+def crashy(tmp_path_factory: pytest.TempPathFactory, svor_server: str) -> Iterator[EmbeddedService]:
+    """A service of its own whose segment steps idle a second first, and whose sweeper
+    notices a dead worker within seconds."""
+    env = service_env(
+        "",
+        svor_server,
+        VOR_DEBUG_STAGE_DELAYS="segment:1",
+        VOR_HEARTBEAT_S="0.5",
+        VOR_STALL_TIMEOUT_S="3",
+        VOR_SWEEP_INTERVAL_S="1",
+    )
+    env.pop("VOR_REDIS_URL")
+    with EmbeddedService(tmp_path_factory.mktemp("crashy"), env=env, io_threads=2) as service:
+        yield service
+
+
+@pytest.mark.timeout(150)
+def test_a_worker_killed_mid_job_redoes_only_the_windows_it_had_not_finished(
+    crashy: EmbeddedService, svor_server: str, long_clip: SyntheticClip, colours: None
+) -> None:
+    spec = {"mode": "segment", "engine": "svor", "classes": [{"label": "ball", "text": "ball"}]}
+    with api_client(crashy) as client:
+        httpx.delete(f"{svor_server}/_stats").raise_for_status()
+        job_id = accepted(client, spec, long_clip.path)["id"]
+        deadline = time.monotonic() + 60
+        while (client.get(f"/v1/jobs/{job_id}").json()["windows"] or {}).get("segmented", 0) < 3:
+            assert time.monotonic() < deadline, "the windows never got going"
+            time.sleep(0.1)
+        worker = crashy.processes["worker-io"]
+        kill_tree(worker.pid)
+        worker.wait(10)
+        calls_before = _seg_calls(svor_server)
+        done_before = client.get(f"/v1/jobs/{job_id}").json()["windows"]["segmented"]
+        crashy.restart("worker-io")
+        job = wait(client, job_id, timeout=120)
+    assert job["status"] == "succeeded", job["error"]
+    assert 3 <= done_before < 9
+    again = _seg_calls(svor_server) - calls_before
+    assert again == 9 - done_before, (
+        f"{done_before} windows were done at the kill; {again} upstream calls after it"
+    )
+    assert [o["id"] for o in job["segments"]["ball"]["objects"]] == [1, 2]
+
+
+def _seg_calls(svor_server: str) -> int:
+    return int(uploads(svor_server)["requests"]["sam3_prompt_seg"].get("200", 0))
