@@ -330,6 +330,11 @@ class Job(BaseModel):
         finished = erased if self.mode == "remove" else segmented
         return WindowProgress(total=total, segmented=segmented, erased=erased, done=finished)
 
+    def windows_state(self) -> dict[str, Any]:
+        """A long video's windows done of total, as events carry it; nothing for a short one."""
+        progress = self.window_progress()
+        return {} if progress is None else {"windows": progress.model_dump()}
+
     def view(self, result: dict[str, str] | None = None, input_url: str | None = None) -> JobView:
         return JobView(
             id=self.id,

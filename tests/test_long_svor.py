@@ -67,6 +67,8 @@ def test_a_20s_clip_keeps_one_id_per_object_and_removes_one_everywhere(
     assert seg["windows"] == {"total": 9, "segmented": 9, "erased": 0, "done": 9}
     stats = uploads(svor_server)
     assert stats["requests"]["sam3_prompt_seg"] == {"200": 9}
+    events = acme.get(f"/v1/jobs/{seg['id']}/events").text
+    assert '"windows": {"total": 9, "segmented": 9' in events
     objects = seg["segments"]["ball"]["objects"]
     assert [o["id"] for o in objects] == [1, 2]
     mask = download(acme, seg["result"]["mask_url"], tmp_path / "ids.mkv")

@@ -310,6 +310,7 @@ def _event(job: Job, *, with_id: bool = False) -> str:
         "status": job.status.value,
         "stage": job.stage.value if job.stage else None,
         "progress": round(job.progress, 4),
+        **job.windows_state(),
     }
     return json.dumps({"id": job.id, **state} if with_id else state)
 
