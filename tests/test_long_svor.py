@@ -98,6 +98,27 @@ def _near(pixels: np.ndarray, colour: tuple[int, int, int]) -> float:
     return float(close.mean())
 
 
+def test_a_box_prompt_mid_clip_propagates_both_ways_through_every_window(
+    acme: httpx.Client, svor_server: str, long_clip: SyntheticClip, tmp_path: Path
+) -> None:
+    """The box on frame 80 (window 4) prompts that window; every other window is prompted
+    with the boxes found on the frames it shares with its neighbour, outward both ways."""
+    box = list(long_clip.box(80, 1))
+    spec = {"engine": "svor", "classes": [{"label": "red", "boxes": [box], "frame_index": 80}]}
+    job = wait(acme, accepted(acme, spec, long_clip.path)["id"], timeout=150)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["windows"] == {"total": 9, "segmented": 9, "erased": 9, "done": 9}
+    assert [o["id"] for o in job["segments"]["red"]["objects"]] == [1]
+    [found] = job["segments"]["red"]["objects"]
+    assert found["box"] == pytest.approx(box, abs=0.05), "the object's box on frame_index"
+    result = download(acme, job["result"]["video_url"], tmp_path / "result.mp4")
+    reds = [
+        _near(image[truth == 1], CROSSING_COLOURS[0])
+        for truth, image in zip(long_clip.masks, read_frames(result), strict=True)
+    ]
+    assert max(reds) < 0.05, f"red left on frame {int(np.argmax(reds))}"
+
+
 @pytest.fixture(scope="module")
 def crashy(tmp_path_factory: pytest.TempPathFactory, svor_server: str) -> Iterator[EmbeddedService]:
     """A service of its own whose segment steps idle a second first, and whose sweeper

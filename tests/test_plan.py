@@ -122,7 +122,7 @@ def test_a_plan_without_segments_is_a_plain_chain(canvas: ModuleType) -> None:
     assert canvas.build(tail, Plan()) is None
 
 
-WINDOWS = [(0, 23), (18, 41), (36, 59), (54, 60)]
+WINDOWS = [(0, 24), (18, 42), (36, 60), (54, 62)]
 
 
 def test_a_long_video_runs_per_window() -> None:

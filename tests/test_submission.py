@@ -58,7 +58,7 @@ def test_a_clip_longer_than_one_svor_upload_runs_as_windows(
 ) -> None:
     long = make_clip(tmp_path / "long.mp4", frames=48, fps=12).path
     job = accept(store, {"engine": "svor", "classes": [BOX]}, video=long)
-    assert job.windows == [(0, 35), (27, 48)]  # type: ignore[attr-defined]
+    assert job.windows == [(0, 36), (28, 48)]  # type: ignore[attr-defined]
     local = accept(store, {"engine": "local", "classes": [BOX]}, video=long)
     assert local.windows == []  # type: ignore[attr-defined]
     assert capabilities("svor", Settings(svor_max_duration_s=5)).window_s == 5

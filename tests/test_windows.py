@@ -22,7 +22,7 @@ from services.standin.colours import find_objects, parse_colour, parse_text_colo
 def test_windows_fit_the_limit_overlap_and_cover_every_frame(frames: int, fps: float) -> None:
     found = windows.plan_windows(frames, fps, 3.0)
     assert found[0][0] == 0 and found[-1][1] == frames
-    assert all((end - start) / fps < 3.0 for start, end in found)
+    assert all((end - start) / fps <= 3.0 for start, end in found)
     length = windows.frames_per_window(fps, 3.0)
     overlap = windows.overlap_for(length)
     for (_, end), (start, _) in zip(found, found[1:], strict=False):
@@ -31,10 +31,11 @@ def test_windows_fit_the_limit_overlap_and_cover_every_frame(frames: int, fps: f
 
 
 def test_a_short_clip_or_an_engine_without_a_limit_is_one_window() -> None:
-    assert windows.plan_windows(89, 30.0, 3.0) == [(0, 89)]
+    assert windows.plan_windows(90, 30.0, 3.0) == [(0, 90)]
+    assert windows.plan_windows(36, 12.0, 3.0) == [(0, 36)], "3.0 s is still one upload"
     assert windows.plan_windows(18_000, 30.0, None) == [(0, 18_000)]
-    assert windows.frames_per_window(30.0, 3.0) == 89
-    assert windows.overlap_for(89) == windows.OVERLAP_FRAMES
+    assert windows.frames_per_window(30.0, 3.0) == 90
+    assert windows.overlap_for(90) == windows.OVERLAP_FRAMES
 
 
 def test_the_anchor_and_the_order_go_outward() -> None:

@@ -27,14 +27,13 @@ OVERLAP_FRAMES = 8
 object seen on several frames of both uploads) and to cross-fade over a third of a
 second at 25 fps, and costs about a tenth more upstream time for 3 s windows at 30 fps.
 A window of fewer than 32 frames shares a quarter of its length instead."""
-MARGIN_FRAMES = 1
-"""A window is this many frames shorter than the limit allows, so that a container's
-rounding of the last frame's duration never takes it past the limit."""
 
 
 def frames_per_window(fps: float, limit_s: float) -> int:
-    """The most frames one window may hold to stay under ``limit_s`` at ``fps``."""
-    return max(2, math.floor(limit_s * fps + 1e-6) - MARGIN_FRAMES)
+    """The most frames one window may hold at ``fps``: ``limit_s`` of them, as many as a
+    short clip the engine accepts whole may have (its check allows half a frame more for
+    a container's rounding, so a window of exactly ``limit_s`` passes it too)."""
+    return max(2, math.floor(limit_s * fps + 1e-6))
 
 
 def overlap_for(length: int) -> int:
