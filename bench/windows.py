@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/windows.py seams [--seconds 20] [--size 320x180] [--fps 12]
     .venv/bin/python bench/windows.py long [--seconds 120] [--size 1280x720] [--fps 30]
+    .venv/bin/python bench/windows.py local [--seconds 60] [--size 640x360] [--fps 30]
 
 Starts vor (embedded Redis, API, a CPU and an I/O worker) and ``vor svor-server``
 (3 s per upload, its colour detector naming the clip's two discs "ball") as real
@@ -20,6 +21,12 @@ cost is measured) injects 429 (with Retry-After), 502 and 504 answers, and print
 success, the windows, the peak resident memory of each worker process (VmRSS, its
 pool's children included, sampled every 0.5 s), wall time, and the sum of the
 upstream's task times (``/_stats``).
+
+``local`` runs the local engine's own steps (prepare, segment a box, erase) in this
+process on one long clip, twice as long the second time, and prints this
+process's peak RSS (``ru_maxrss``) and the size of the segment step's on-disk frame
+store (a memory map: frames x width x height x 3) after each: what
+grows with the clip's length.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from bench.memory import sample  # noqa: E402
 from services.cli.client import VorClient  # noqa: E402
 from services.cli.embedded import EmbeddedService, free_port  # noqa: E402
 from services.media.synthetic import make_crossing_clip  # noqa: E402
-from services.media.video import read_frames  # noqa: E402
+from services.media.video import read_frames, video_size  # noqa: E402
 from services.media.windows import plan_windows  # noqa: E402
 from services.standin.process import start_standin  # noqa: E402
 
@@ -185,9 +192,38 @@ def report_long(out: dict[str, Any]) -> None:
         print(f"peak RSS {name}: {kb / 1024:.0f} MiB (with its pool's children)")
 
 
+def local_engine(args: argparse.Namespace) -> None:
+    import resource
+
+    from services.engines.base import no_progress
+    from services.engines.local.engine import LocalEngine
+    from services.media.video import probe
+    from services.models import ClassPrompt
+
+    width, height = (int(v) for v in args.size.split("x"))
+    engine = LocalEngine()
+    for seconds in (args.seconds / 2, args.seconds):
+        with tempfile.TemporaryDirectory(prefix="vor-local-") as tmp:
+            folder = Path(tmp)
+            clip = make_crossing_clip(folder / "clip.mp4", seconds=seconds, fps=args.fps,
+                                      width=width, height=height)  # fmt: skip
+            began = time.perf_counter()
+            work = engine.prepare(clip.path, probe(clip.path), folder, no_progress)
+            prompt = ClassPrompt(label="red", boxes=[clip.box(0, 1)])
+            seg = engine.segment(work, prompt, folder, no_progress)
+            erased = engine.erase(work, seg.mask_path, folder, no_progress, dilation=4)
+            took = time.perf_counter() - began
+            w, h, _, frames = video_size(work)
+            largest = frames * w * h * 3
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            print(f"local {seconds:.0f} s {width}x{height} @ {args.fps:g} fps: "
+                  f"{took:.0f} s, peak RSS so far {peak:.0f} MiB, segment's frame memmap "
+                  f"{largest / 2**20:.0f} MiB, erased {probe(erased).frames} frames")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=["seams", "long"])
+    parser.add_argument("what", choices=["seams", "long", "local"])
     parser.add_argument("--seconds", type=float)
     parser.add_argument("--size")
     parser.add_argument("--fps", type=float)
@@ -196,6 +232,10 @@ def main() -> None:
         args.seconds, args.size = args.seconds or 20.0, args.size or "320x180"
         args.fps = args.fps or 12.0
         report_seams(run(args, "local", None))
+    elif args.what == "local":
+        args.seconds, args.size = args.seconds or 60.0, args.size or "640x360"
+        args.fps = args.fps or 30.0
+        local_engine(args)
     else:
         args.seconds, args.size = args.seconds or 120.0, args.size or "1280x720"
         args.fps = args.fps or 30.0
