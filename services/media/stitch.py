@@ -8,7 +8,8 @@ against the one it follows on the frames they share:
 1. **overlap**: a local id and a global id whose masks overlap with an IoU of at
    least ``MIN_IOU`` (summed over the shared frames) are one object; pairs are
    taken greedily, best IoU first, each id at most once;
-2. **appearance**: a local id left unmatched is compared with every object known
+2. **appearance**: a local id left unmatched (only then is a window's appearance
+   measured: it costs a decode of the window) is compared with every object known
    so far that is *not* in the shared frames (it left the frame, or was hidden):
    the colour histograms (hue and saturation) of their pixels whose Bhattacharyya
    distance is at most ``MAX_HIST_DISTANCE`` are one object, so an object that
@@ -64,8 +65,15 @@ class Stitched:
     """Per window, local id -> global id."""
 
 
-def _frames(path: Path) -> list[np.ndarray]:
-    return list(read_frames(path, "gray"))
+def _frames(path: Path, first: int, stop: int) -> list[np.ndarray]:
+    """Frames ``first`` to ``stop - 1`` of a mask; only those are kept."""
+    kept = []
+    for index, image in enumerate(read_frames(path, "gray")):
+        if index >= stop:
+            break
+        if index >= first:
+            kept.append(image)
+    return kept
 
 
 def overlap_iou(
@@ -113,6 +121,17 @@ def hist_distance(a: np.ndarray, b: np.ndarray) -> float:
     )
 
 
+def overlap_pairs(iou: dict[tuple[int, int], float]) -> dict[int, int]:
+    """Local id -> global id for the pairs that overlap enough, best IoU first."""
+    mapping: dict[int, int] = {}
+    taken: set[int] = set()
+    for (local, known), value in sorted(iou.items(), key=lambda item: -item[1]):
+        if value >= MIN_IOU and local not in mapping and known not in taken:
+            mapping[local] = known
+            taken.add(known)
+    return mapping
+
+
 def match(
     iou: dict[tuple[int, int], float],
     local_ids: Sequence[int],
@@ -127,12 +146,8 @@ def match(
     on those frames (they cannot be matched by appearance); ``known_looks``: every
     global id's histogram so far.
     """
-    mapping: dict[int, int] = {}
-    taken: set[int] = set()
-    for (local, known), value in sorted(iou.items(), key=lambda item: -item[1]):
-        if value >= MIN_IOU and local not in mapping and known not in taken:
-            mapping[local] = known
-            taken.add(known)
+    mapping = overlap_pairs(iou)
+    taken = set(mapping.values())
     for local in sorted(set(local_ids) - set(mapping)):
         best, distance = None, MAX_HIST_DISTANCE
         for known, look in known_looks.items():
@@ -163,15 +178,19 @@ def stitch(
     known_looks: dict[int, np.ndarray] = {}
     next_id = 1
     for k, neighbour in order_from(anchor_index, len(windows)):
-        looks = appearance(parts[k].mask, parts[k].video)
+        ids = sorted(_ids(parts[k].mask))
+        looks: dict[int, np.ndarray] = {}
         if neighbour is None:
-            mapping[k] = {i: i for i in looks} | {i: i for i in _ids(parts[k].mask)}
+            looks = appearance(parts[k].mask, parts[k].video)
+            mapping[k] = {i: i for i in ids}
         else:
             ours, theirs = _shared(parts, windows, k, neighbour, mapping[neighbour])
             present = {int(v) for f in theirs for v in np.unique(f) if v}
             iou = overlap_iou(ours, theirs)
-            ids = sorted(_ids(parts[k].mask))
-            mapping[k] = match(iou, ids, looks, known_looks, present, next_id)
+            mapping[k] = overlap_pairs(iou)
+            if set(ids) - set(mapping[k]):
+                looks = appearance(parts[k].mask, parts[k].video)
+                mapping[k] = match(iou, ids, looks, known_looks, present, next_id)
         for own, glob in mapping[k].items():
             if glob not in known_looks and own in looks:
                 known_looks[glob] = looks[own]
@@ -199,11 +218,10 @@ def _shared(
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The frames windows ``k`` and ``j`` share: ``k``'s local ids, ``j``'s global ids."""
     start, end = max(windows[k][0], windows[j][0]), min(windows[k][1], windows[j][1])
-    ours = _frames(parts[k].mask)[start - windows[k][0] : end - windows[k][0]]
+    ours = _frames(parts[k].mask, start - windows[k][0], end - windows[k][0])
     lut = _lut(known)
-    theirs = [
-        cv2.LUT(f, lut) for f in _frames(parts[j].mask)[start - windows[j][0] : end - windows[j][0]]
-    ]
+    shared = _frames(parts[j].mask, start - windows[j][0], end - windows[j][0])
+    theirs = [cv2.LUT(f, lut) for f in shared]
     return ours, theirs
 
 
