@@ -3,8 +3,11 @@ workers: windows, one set of object ids, removal of one id in every window."""
 
 from __future__ import annotations
 
+import functools
+import threading
 import time
 from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +17,17 @@ import pytest
 
 from services.cli.embedded import EmbeddedService
 from services.cli.processes import kill_tree
+from services.jobs import pipeline
+from services.jobs.plan import plan
+from services.jobs.stagerun import Resources
+from services.jobs.submission import Submission
 from services.media.synthetic import CROSSING_COLOURS, SyntheticClip, make_crossing_clip
 from services.media.video import read_frames
 from services.media.windows import plan_windows
-from tests.conftest import api_client, service_env
+from services.models import JobSpec, Queue, Stage
+from tests.conftest import SVOR_KEY, api_client, service_env
 from tests.helpers import accepted, download, wait
+from tests.support.jobs import make_lifecycle, recording
 
 COLOURS = {"ball": ["#e63c28", "#283ce6"]}
 """Red and blue as #rrggbb: what the stand-in's colour detector finds for "ball"."""
@@ -166,3 +175,34 @@ def test_a_worker_killed_mid_job_redoes_only_the_windows_it_had_not_finished(
 
 def _seg_calls(svor_server: str) -> int:
     return int(uploads(svor_server)["requests"]["sam3_prompt_seg"].get("200", 0))
+
+
+def test_a_long_video_url_is_planned_again_with_its_windows_after_compress(
+    redis_url: str, svor_server: str, long_clip: SyntheticClip, tmp_path: Path
+) -> None:
+    """A ``video_url`` job's length is known only once compress fetched it: found long,
+    the job is enqueued again (a new generation) with its windows."""
+    folder = long_clip.path.parent
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(folder))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        jobs = make_lifecycle(redis_url, tmp_path, svor_base_url=svor_server,
+                              svor_api_key=SVOR_KEY, max_duration_s=30)  # fmt: skip
+        url = f"http://127.0.0.1:{server.server_port}/{long_clip.path.name}"
+        spec = JobSpec.model_validate({"engine": "svor", "video_url": url, "targets": {"a": [1]},
+                                       "classes": [{"label": "a", "text": "ball"}]})  # fmt: skip
+        job, _ = jobs.submit(Submission(tenant="acme", spec=spec))
+        assert job.windows == [] and job.input is None
+        res = Resources(jobs=jobs)
+        outcome = pipeline.run_stage(Stage.compress, job.id, res, generation=job.generation)
+    finally:
+        server.shutdown()
+    assert outcome is pipeline.StageOutcome.skipped
+    after = jobs.store.require(job.id)
+    assert len(after.windows) == 9 and after.generation == job.generation + 1
+    assert after.done == ["compress"]
+    assert all(f"work:w{k}" in after.artifacts for k in range(9))
+    replanned = recording(jobs).enqueued[-1]
+    keys = [s.key for s in plan(replanned, Queue.io).steps()]
+    assert keys[:9] == [f"segment:a:w{k}" for k in range(9)] and keys[-2:] == ["blend", "publish"]
