@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     svor_max_upload_bytes: int = 1000 * 1024
     svor_max_duration_s: float = 3.0
     """The longest clip one SVOR call takes; longer videos go as windows of this length."""
+    local_window_s: float = Field(default=10.0, ge=0)
+    """The local engine runs a video longer than this as windows of it (0: always whole)."""
     svor_rate_limit_per_s: float = Field(default=5.0, ge=0)
     """Calls per second to SVOR from all workers together (0 = no limit)."""
     svor_rate_burst: float | None = Field(default=None, ge=1)

@@ -264,18 +264,19 @@ def propagated_boxes(
     source_mask: Path, source: Window, target: Window
 ) -> tuple[int, list[Box]] | None:
     """How to prompt window ``target`` from the one before it in propagation: on the shared
-    frame where ``source``'s mask shows the most objects (the most pixels on a tie), the box
-    of each; as ``(frame index within target, normalised boxes)``. None when no object is
-    on any shared frame (the objects left the picture: nothing to prompt)."""
+    frame where ``source``'s mask shows the most objects (on a tie, the one nearest the middle
+    of ``source``, where its tracking is furthest from either end), the box of each; as
+    ``(frame index within target, normalised boxes)``. None when no object is on any shared
+    frame (the objects left the picture: nothing to prompt)."""
     start, end = max(source[0], target[0]), min(source[1], target[1])
-    best: tuple[int, int, int] | None = None
+    best: tuple[int, int] | None = None
     boxes: list[Box] = []
     for offset, image in enumerate(read_frames(source_mask, "gray")):
         index = source[0] + offset
         if not start <= index < end:
             continue
         ids = [int(v) for v in np.unique(image) if v]
-        score = (len(ids), int(np.count_nonzero(image)), -index)
+        score = (len(ids), -abs(2 * index + 1 - source[0] - source[1]))
         if ids and (best is None or score > best):
             best = score
             found: dict[int, Box] = {}

@@ -1,5 +1,6 @@
 """A 20 s clip on the svor engine, through ``vor svor-server`` (3 s per upload) and real
-workers: windows, one set of object ids, removal of one id in every window."""
+workers: windows, one set of object ids, removal of one id in every window; and on the
+local engine, windows of ``VOR_LOCAL_WINDOW_S`` (10 s)."""
 
 from __future__ import annotations
 
@@ -126,6 +127,23 @@ def test_a_box_prompt_mid_clip_propagates_both_ways_through_every_window(
         for truth, image in zip(long_clip.masks, read_frames(result), strict=True)
     ]
     assert max(reds) < 0.05, f"red left on frame {int(np.argmax(reds))}"
+
+
+def test_the_local_engine_runs_a_long_clip_as_windows_too(
+    acme: httpx.Client, long_clip: SyntheticClip, tmp_path: Path
+) -> None:
+    spec = {"engine": "local", "classes": [{"label": "red", "boxes": [list(long_clip.box(0, 1))]}]}
+    job = wait(acme, accepted(acme, spec, long_clip.path)["id"], timeout=150)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["windows"] == {"total": 3, "segmented": 3, "erased": 3, "done": 3}
+    result = download(acme, job["result"]["video_url"], tmp_path / "result.mp4")
+    reds, blues = [], []
+    for truth, image in zip(long_clip.masks, read_frames(result), strict=True):
+        reds.append(_near(image[truth == 1], CROSSING_COLOURS[0]))
+        if (truth == 2).sum() > 100:
+            blues.append(_near(image[truth == 2], CROSSING_COLOURS[1]))
+    assert max(reds) < 0.05, f"red left on frame {int(np.argmax(reds))}"
+    assert min(blues) > 0.6, f"blue damaged: {sorted(enumerate(blues), key=lambda b: b[1])[:5]}"
 
 
 @pytest.fixture(scope="module")
