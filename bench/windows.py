@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/windows.py seams [--seconds 20] [--size 320x180] [--fps 12]
     .venv/bin/python bench/windows.py long [--seconds 120] [--size 1280x720] [--fps 30]
-    .venv/bin/python bench/windows.py local [--seconds 60] [--size 640x360] [--fps 30]
+    .venv/bin/python bench/windows.py local [--whole] [--seconds 60] [--size 640x360] [--fps 30]
 
 Starts vor (embedded Redis, API, a CPU and an I/O worker) and ``vor svor-server``
 (3 s per upload, its colour detector naming the clip's two discs "ball") as real
@@ -22,11 +22,12 @@ success, the windows, the peak resident memory of each worker process (VmRSS, it
 pool's children included, sampled every 0.5 s), wall time, and the sum of the
 upstream's task times (``/_stats``).
 
-``local`` runs the local engine's own steps (prepare, segment a box, erase) in this
-process on one long clip, twice as long the second time, and prints this
-process's peak RSS (``ru_maxrss``) and the size of the segment step's on-disk frame
-store (a memory map: frames x width x height x 3) after each: what
-grows with the clip's length.
+``local`` removes disc 1 (a box on frame 0) from a clip and from one twice as long on
+the local engine through the service (windows of ``VOR_LOCAL_WINDOW_S``) and prints
+the workers' peak RSS; with ``--whole``, it runs the engine's own steps (prepare,
+segment, erase) in this process on the whole clip instead and prints this process's
+peak RSS (``ru_maxrss``): the segment step memory-maps every frame, so that grows
+with the clip's length.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from bench.memory import sample  # noqa: E402
 from services.cli.client import VorClient  # noqa: E402
 from services.cli.embedded import EmbeddedService, free_port  # noqa: E402
 from services.media.synthetic import make_crossing_clip  # noqa: E402
-from services.media.video import read_frames, video_size  # noqa: E402
+from services.media.video import read_frames  # noqa: E402
 from services.media.windows import plan_windows  # noqa: E402
 from services.standin.process import start_standin  # noqa: E402
 
@@ -193,6 +194,8 @@ def report_long(out: dict[str, Any]) -> None:
 
 
 def local_engine(args: argparse.Namespace) -> None:
+    """The local engine on one clip and on one twice as long: in this process on the whole
+    clip (``VOR_LOCAL_WINDOW_S=0``'s path), then through the service with its windows."""
     import resource
 
     from services.engines.base import no_progress
@@ -201,24 +204,38 @@ def local_engine(args: argparse.Namespace) -> None:
     from services.models import ClassPrompt
 
     width, height = (int(v) for v in args.size.split("x"))
-    engine = LocalEngine()
     for seconds in (args.seconds / 2, args.seconds):
         with tempfile.TemporaryDirectory(prefix="vor-local-") as tmp:
             folder = Path(tmp)
             clip = make_crossing_clip(folder / "clip.mp4", seconds=seconds, fps=args.fps,
                                       width=width, height=height)  # fmt: skip
-            began = time.perf_counter()
-            work = engine.prepare(clip.path, probe(clip.path), folder, no_progress)
-            prompt = ClassPrompt(label="red", boxes=[clip.box(0, 1)])
-            seg = engine.segment(work, prompt, folder, no_progress)
-            erased = engine.erase(work, seg.mask_path, folder, no_progress, dilation=4)
-            took = time.perf_counter() - began
-            w, h, _, frames = video_size(work)
-            largest = frames * w * h * 3
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            print(f"local {seconds:.0f} s {width}x{height} @ {args.fps:g} fps: "
-                  f"{took:.0f} s, peak RSS so far {peak:.0f} MiB, segment's frame memmap "
-                  f"{largest / 2**20:.0f} MiB, erased {probe(erased).frames} frames")  # fmt: skip
+            box = list(clip.box(0, 1))
+            if args.whole:
+                engine = LocalEngine()
+                began = time.perf_counter()
+                work = engine.prepare(clip.path, probe(clip.path), folder, no_progress)
+                prompt = ClassPrompt(label="red", boxes=[tuple(box)])
+                seg = engine.segment(work, prompt, folder, no_progress)
+                engine.erase(work, seg.mask_path, folder, no_progress, dilation=4)
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                print(f"whole clip, in process, {seconds:.0f} s {width}x{height} @ "
+                      f"{args.fps:g} fps: {time.perf_counter() - began:.0f} s, "
+                      f"peak RSS so far {peak:.0f} MiB")  # fmt: skip
+                continue
+            env = {"VOR_MAX_DURATION_S": str(seconds + 1), "VOR_STAGE_TIME_LIMIT_S": "3600"}
+            with EmbeddedService(folder / "vor", env=env) as service:
+                client = VorClient(service.url, timeout=60)
+                spec = {"engine": "local", "classes": [{"label": "red", "boxes": [box]}]}
+                with PeakMemory(service) as memory:
+                    began = time.perf_counter()
+                    job = client.wait(client.submit(spec, clip.path)["id"], poll_s=0.5)
+                    wall = time.perf_counter() - began
+            peaks = ", ".join(
+                f"{n} {kb / 1024:.0f} MiB" for n, kb in sorted(memory.peak_kb.items())
+            )
+            print(f"service, windows, {seconds:.0f} s {width}x{height} @ {args.fps:g} fps: "
+                  f"{job['status']} in {wall:.0f} s, windows {job.get('windows')}, "
+                  f"peak RSS {peaks}")  # fmt: skip
 
 
 def main() -> None:
@@ -227,6 +244,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float)
     parser.add_argument("--size")
     parser.add_argument("--fps", type=float)
+    parser.add_argument("--whole", action="store_true", help="local: in process, no windows")
     args = parser.parse_args()
     if args.what == "seams":
         args.seconds, args.size = args.seconds or 20.0, args.size or "320x180"
