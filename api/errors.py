@@ -6,6 +6,7 @@ Every error body is ``{"error": {"code", "message", "field"}}``.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 
 import redis
@@ -29,6 +30,7 @@ STATUS_BY_ERROR: list[tuple[type[errors.VorError], int]] = [
     (errors.NotFound, 404),
     (errors.Conflict, 409),
     (errors.Unauthorized, 401),
+    (errors.TenantQueueFull, 429),
     (errors.TransientError, 503),
     (errors.VorError, 422),
 ]
@@ -88,6 +90,8 @@ def install(app: FastAPI) -> None:
     async def vor_error(_: Request, exc: errors.VorError) -> JSONResponse:
         status = status_for(exc)
         headers = {"Retry-After": "5"} if status == 503 else None
+        if status == 429 and isinstance(exc, errors.TransientError):
+            headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after or 1)))}
         if status == 401 and exc.field == "Authorization":
             headers = {"WWW-Authenticate": 'Bearer realm="vor"'}
         return JSONResponse(

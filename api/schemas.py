@@ -91,6 +91,8 @@ ERROR_WHEN = {
     "for another spec).",
     413: "The body is over VOR_MAX_UPLOAD_BYTES / VOR_MAX_JSON_BYTES.",
     422: "A parameter, the spec, the video or a URL is not acceptable; `field` says which.",
+    429: "The tenant has as many jobs queued as VOR_TENANT_MAX_QUEUED allows; retry after "
+    "`Retry-After` seconds.",
     503: "Redis or storage is unreachable for a moment; retry after `Retry-After` seconds.",
 }
 RETRY_AFTER = {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}}
@@ -106,7 +108,7 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     answers: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
         answer: dict[str, Any] = {"content": ERROR_CONTENT, "description": ERROR_WHEN[status]}
-        if status == 503:
+        if status in (429, 503):
             answer["headers"] = RETRY_AFTER
         if status == 401:
             answer["headers"] = WWW_AUTHENTICATE

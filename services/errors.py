@@ -135,6 +135,12 @@ class TransientError(VorError):
         self.retry_after = retry_after
 
 
+class TenantQueueFull(TransientError):
+    """The tenant has as many jobs waiting as ``VOR_TENANT_MAX_QUEUED`` allows (429)."""
+
+    code = "tenant_queue_full"
+
+
 class StorageUnavailable(TransientError):
     code = "storage_unavailable"
 

@@ -172,22 +172,39 @@ class QueueDepths:
     unacked: int
 
 
+@dataclass(frozen=True)
+class AdmissionDepths:
+    """Per pool: jobs waiting for a slot, jobs released to the workers, and the capacity."""
+
+    waiting: dict[str, int]
+    released: dict[str, int]
+    capacity: dict[str, int]
+
+
 class RedisCollector(Collector):
     """Prometheus families read at scrape time: the stored ones from the job store's
     Redis in one round trip, the queues' depths from ``queues`` (the ``Dispatcher``'s,
-    which knows where its queue keeps them)."""
+    which knows where its queue keeps them) and admission's from ``admission``."""
 
     def __init__(
-        self, store: RedisSource, queues: Callable[[], QueueDepths], *, prefix: str = PREFIX
+        self,
+        store: RedisSource,
+        queues: Callable[[], QueueDepths],
+        *,
+        prefix: str = PREFIX,
+        admission: Callable[[], AdmissionDepths] | None = None,
     ) -> None:
         self.store = store
         self.queues = queues
         self.prefix = prefix
+        self.admission = admission
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("vor_metrics_redis_up", "1 when Redis answered this scrape.")
         try:
             families = [*self._stored(), *_queue_families(self.queues())]
+            if self.admission is not None:
+                families += _admission_families(self.admission())
         except redis.RedisError as exc:
             log.warning("metrics scrape failed: %s", exc)
             up.add_metric([], 0)
@@ -225,6 +242,20 @@ def _queue_families(depths: QueueDepths) -> list[Metric]:
     )
     in_flight.add_metric([], depths.unacked)
     return [depth, in_flight]
+
+
+def _admission_families(depths: AdmissionDepths) -> list[Metric]:
+    found: list[Metric] = []
+    for name, help_text, values in (
+        ("vor_admission_waiting", "Jobs waiting for a worker slot, per pool.", depths.waiting),
+        ("vor_admission_released", "Jobs released to the workers, not ended.", depths.released),
+        ("vor_admission_capacity", "Jobs the pool may have released at once.", depths.capacity),
+    ):
+        family = GaugeMetricFamily(name, help_text, labels=["pool"])
+        for pool, value in values.items():
+            family.add_metric([pool], value)
+        found.append(family)
+    return found
 
 
 def _jobs_family(raw: dict[bytes, bytes]) -> GaugeMetricFamily:

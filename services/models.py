@@ -167,6 +167,10 @@ class JobSpec(BaseModel):
         default_factory=lambda: ["job.succeeded", "job.failed", "job.canceled"]
     )
     video_url: str | None = Field(default=None, max_length=2048)
+    priority: Literal["high", "normal", "low"] = Field(
+        default="normal",
+        description="orders this tenant's own queued jobs: high before normal before low",
+    )
 
     @field_validator("webhook_url", "video_url")
     @classmethod

@@ -11,10 +11,19 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SVOR_BASE_URL = "https://mipixgen-pre.ai.mioffice.cn"
+
+
+class TenantLimits(BaseModel):
+    """One tenant's own limits, over ``VOR_TENANT_MAX_RUNNING`` / ``VOR_TENANT_MAX_QUEUED``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_running: int | None = Field(default=None, ge=0)
+    max_queued: int | None = Field(default=None, ge=0)
 
 
 class Settings(BaseSettings):
@@ -32,6 +41,15 @@ class Settings(BaseSettings):
     dispatcher: str = "workers.dispatch:CeleryDispatcher"
     """``module:factory`` of the ``Dispatcher`` that queues stages and webhooks; the
     API imports it by this name at start-up (``services.runtime.get_dispatcher``)."""
+    dispatch_capacity: int = Field(default=0, ge=0)
+    """Jobs released to the workers at once per pool (the queue of the job's engine
+    stages); 0: the slots the live workers of that queue report."""
+    tenant_max_running: int = Field(default=0, ge=0)
+    """A tenant's jobs released to the workers at once (0: no limit but the capacity)."""
+    tenant_max_queued: int = Field(default=10_000, ge=0)
+    """A tenant's jobs waiting for a slot; one more submission answers 429."""
+    tenant_limits: dict[str, TenantLimits] = Field(default_factory=dict)
+    """Per-tenant overrides, JSON: ``{"acme": {"max_running": 2, "max_queued": 100}}``."""
     svor_base_url: str = DEFAULT_SVOR_BASE_URL
     svor_api_key: str | None = Field(
         default=None, validation_alias=AliasChoices("SVOR_API_KEY", "VOR_SVOR_API_KEY")

@@ -376,7 +376,13 @@ def test_the_openapi_document_declares_what_the_api_answers(service: EmbeddedSer
     assert submit["responses"]["202"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/Job"
     }
-    assert set(submit["responses"]) == {"202", "400", "401", "408", "409", "413", "422", "503"}
+    assert set(submit["responses"]) == {
+        *("200", "202", "400", "401", "408", "409", "413", "422", "429", "503")
+    }
+    assert submit["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Job"
+    }
+    assert "Retry-After" in submit["responses"]["429"]["headers"]
     error = {"$ref": "#/components/schemas/Error"}
     for path, operations in paths.items():
         for method, operation in operations.items():

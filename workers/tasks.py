@@ -7,7 +7,9 @@ chain (or the chord body) does not run.
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -27,6 +29,8 @@ from services.settings import get_settings
 from workers.celery_app import WEBHOOK_TASK, app, task_name
 from workers.dispatch import CeleryDispatcher
 
+log = logging.getLogger("vor.worker")
+
 
 @lru_cache
 def jobs() -> Lifecycle:
@@ -39,17 +43,39 @@ def resources() -> pipeline.Resources:
 
 
 @worker_ready.connect
-def start_sweeper(**_: Any) -> None:
-    """Every worker sweeps for stalled jobs; a Redis lock lets one do it at a time."""
+def start_sweeper(sender: Any = None, **_: Any) -> None:
+    """Every worker sweeps for stalled jobs; a Redis lock lets one do it at a time.
+    Each also reports its slots to the scheduler (its capacity) every sweep interval,
+    and releases the jobs that may start now that it is here."""
     stopping = threading.Event()
     worker_shutdown.connect(lambda **_: stopping.set(), weak=False)
+    beat = _slot_report(sender)
+    try:
+        beat()
+        jobs().dispatch()
+    except Exception:  # noqa: BLE001 - the sweeper tries again every interval
+        log.warning("could not report this worker's slots yet", exc_info=True)
     thread = threading.Thread(
         target=sweeper.sweep_forever,
         args=(jobs(), stopping.is_set),
+        kwargs={"beat": beat},
         name="vor-sweeper",
         daemon=True,
     )
     thread.start()
+
+
+def _slot_report(consumer: Any) -> Callable[[], None]:
+    """How this worker tells the scheduler its queues and slots (for a few sweeps)."""
+    name = consumer.hostname
+    queues = list(consumer.app.amqp.queues.consume_from)
+    slots = int(consumer.controller.concurrency or 1)
+    ttl = 3 * get_settings().sweep_interval_s
+
+    def beat() -> None:
+        jobs().scheduler.report_worker(name, queues, slots, ttl)
+
+    return beat
 
 
 def _run(

@@ -21,6 +21,8 @@ from services.runtime import redis_url
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 KEEPALIVE_S = 15.0
+RECHECK_S = 5.0
+"""``wait_for_end`` reads the job again at least this often."""
 RANK = {Status.queued: 0, Status.running: 1}
 """Statuses only move forward: queued, running, then one terminal status (rank 2)."""
 
@@ -104,6 +106,31 @@ async def job_stream(
                 last = state
                 yield event(job_id, state)
                 sent_at = time.monotonic()
+
+
+async def wait_for_end(store: JobStore, job_id: str, url: str, seconds: float) -> Job | None:
+    """The job once it has ended, if it ends within ``seconds``; else None.
+
+    Waits on the job's events channel (no thread is held meanwhile), subscribed
+    before the first read so no ending falls in between; the job is read again
+    on each terminal event and every few seconds, which makes up for a lost message.
+    """
+    deadline = time.monotonic() + seconds
+    async with redis.asyncio.Redis.from_url(url) as client, client.pubsub() as pubsub:
+        await pubsub.subscribe(store.events_channel(job_id))
+        await pubsub.get_message(timeout=5.0)
+        while True:
+            job = await run_in_threadpool(store.get, job_id)
+            if job is None or job.status.is_terminal():
+                return job
+            while (left := deadline - time.monotonic()) > 0:
+                message = await pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=min(left, RECHECK_S)
+                )
+                if message is None or Status(json.loads(message["data"])["status"]).is_terminal():
+                    break
+            if left <= 0:
+                return None
 
 
 def state_of(job: Job) -> dict[str, Any]:

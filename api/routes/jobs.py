@@ -15,6 +15,7 @@ from starlette.datastructures import UploadFile
 
 from api import spec_parser
 from api.deps import CurrentJob, JobsDep, TenantDep
+from api.routes.events import wait_for_end
 from api.schemas import JOB_ERRORS, Job, JobList, Redelivery, errors
 from api.uploads import save_upload, upload_dir
 from services import logs
@@ -23,6 +24,7 @@ from services.jobs.lifecycle import Lifecycle
 from services.jobs.submission import Submission
 from services.models import Job as StoredJob
 from services.models import JobSpec, Status
+from services.runtime import redis_url
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 log = logging.getLogger("vor.api")
@@ -68,7 +70,27 @@ SUBMITTED_HEADERS = {
         "description": "`true` when the Idempotency-Key named an earlier job, which is returned",
         "schema": {"type": "string", "enum": ["true"]},
     },
+    "Preference-Applied": {
+        "description": "`wait=N` when the request's `Prefer: wait=N` was honoured",
+        "schema": {"type": "string"},
+    },
 }
+MAX_WAIT_S = 60
+"""``Prefer: wait=N`` holds a submission this long at most."""
+PREFER_DOC = (
+    "RFC 7240: `wait=N` holds the request up to N seconds (at most 60) and answers 200 "
+    "with the job if it has ended by then, else 202; other preferences are ignored"
+)
+
+
+def preferred_wait(prefer: str | None) -> int | None:
+    """The seconds of a ``Prefer: wait=N`` (RFC 7240), capped; None when absent or invalid."""
+    for preference in (prefer or "").split(","):
+        name, _, value = preference.split(";")[0].partition("=")
+        if name.strip().lower() == "wait":
+            value = value.strip().strip('"')
+            return min(int(value), MAX_WAIT_S) if value.isascii() and value.isdigit() else None
+    return None
 
 
 async def _form_spec(raw: str | None) -> JobSpec:
@@ -82,15 +104,25 @@ async def _form_spec(raw: str | None) -> JobSpec:
     status_code=202,
     openapi_extra=SUBMIT_BODY,
     response_model=Job,
-    responses={202: {"headers": SUBMITTED_HEADERS}, **errors(400, 401, 408, 409, 413, 422, 503)},
+    responses={
+        200: {
+            "model": Job,
+            "description": "The job ended within the `Prefer: wait=N` seconds",
+            "headers": SUBMITTED_HEADERS,
+        },
+        202: {"headers": SUBMITTED_HEADERS},
+        **errors(400, 401, 408, 409, 413, 422, 429, 503),
+    },
 )
 async def create_job(
     request: Request,
     tenant: TenantDep,
     jobs: JobsDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    prefer: Annotated[str | None, Header(max_length=200, description=PREFER_DOC)] = None,
 ) -> JSONResponse:
-    """Submit a job: multipart (video, spec, optional mask) or JSON with video_url."""
+    """Submit a job: multipart (video, spec, optional mask) or JSON with video_url.
+    With ``Prefer: wait=N``, answer 200 with the ended job if it ends within N s."""
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
         limit = jobs.settings.max_json_bytes
@@ -132,7 +164,14 @@ async def create_job(
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(jobs.view(job), status_code=202, headers=headers)
+    wait = preferred_wait(prefer)
+    if wait is None:
+        return JSONResponse(jobs.view(job), status_code=202, headers=headers)
+    headers["Preference-Applied"] = f"wait={wait}"
+    ended = await wait_for_end(jobs.store, job.id, redis_url(jobs.settings), wait)
+    if ended is None:
+        return JSONResponse(jobs.view(job), status_code=202, headers=headers)
+    return JSONResponse(jobs.view(ended), status_code=200, headers=headers)
 
 
 def _submit_uploads(

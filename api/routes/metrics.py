@@ -5,10 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from services.metrics import RedisCollector
+from services.jobs.scheduler import Scheduler
+from services.metrics import AdmissionDepths, RedisCollector
 from services.runtime import get_redis
+from services.settings import get_settings
 
 router = APIRouter(tags=["health"])
+
+
+def admission_depths() -> AdmissionDepths:
+    return Scheduler(get_redis(), get_settings()).depths()
 
 
 def registry(request: Request) -> CollectorRegistry:
@@ -16,7 +22,9 @@ def registry(request: Request) -> CollectorRegistry:
     state = request.app.state
     if getattr(state, "metrics_registry", None) is None:
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(RedisCollector(get_redis, state.dispatcher.depths))
+        registry.register(
+            RedisCollector(get_redis, state.dispatcher.depths, admission=admission_depths)
+        )
         state.metrics_registry = registry
     found: CollectorRegistry = state.metrics_registry
     return found
@@ -29,5 +37,6 @@ def registry(request: Request) -> CollectorRegistry:
                      "description": "Prometheus text format"}},
 )  # fmt: skip
 def metrics(request: Request) -> Response:
-    """Jobs by status, stage durations, queue depths, upstream calls, webhook deliveries."""
+    """Jobs by status, stage durations, queue depths, admission (waiting, released,
+    capacity per pool), upstream calls, webhook deliveries."""
     return Response(generate_latest(registry(request)), media_type=CONTENT_TYPE_LATEST)

@@ -11,14 +11,16 @@ goes through ``fail``.
 
 Stages and webhook deliveries reach the queue through a ``Dispatcher`` handed in
 at start-up (``services.runtime`` names the Celery one), so nothing here knows
-which queue runs them.
+which queue runs them. A job reaches the dispatcher only once the ``Scheduler``
+releases it (``dispatch``): an accepted job waits for a slot, and every ending
+gives its slot back and releases the next job, so tenants share the workers.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
@@ -26,6 +28,7 @@ import httpx
 from services import logs, metrics
 from services.errors import Conflict, NotFound, VorError
 from services.jobs import notifications, submission, webhooks
+from services.jobs.scheduler import Scheduler, pool_of
 from services.jobs.store import JobStore
 from services.models import Job, JobError, Stage, Status
 from services.settings import Settings
@@ -82,6 +85,10 @@ class Lifecycle:
     storage: Storage
     settings: Settings
     dispatcher: Dispatcher
+    scheduler: Scheduler = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scheduler = Scheduler(self.store.redis, self.settings, prefix=self.store.prefix)
 
     def submit(self, sub: submission.Submission) -> tuple[Job, bool]:
         """Check, store and enqueue a job. Returns the job and whether it is new.
@@ -97,11 +104,43 @@ class Lifecycle:
             if existing is not None:
                 submission.check_replay(existing, sub.spec)
                 return existing, False
+        self.scheduler.check_room(sub.tenant)
         submission.store_files(job, sub, self.storage)
         job, created = self.store.create(job)
         if created:
-            self.dispatcher.enqueue(job)
+            self.admit(job)
         return job, created
+
+    def admit(self, job: Job) -> None:
+        """Let the job wait for a slot, then release what may start. A job that holds a
+        slot already (enqueued again after its worker died) goes to the queue at once."""
+        if not self.scheduler.admit(job):
+            self.dispatcher.enqueue(job)
+        self.dispatch([pool_of(job, self.settings)])
+
+    def dispatch(self, pools: list[str] | None = None) -> list[str]:
+        """Hand the jobs the scheduler releases (in ``pools``, default all) to the
+        dispatcher; their ids.
+
+        A released job that ended meanwhile (canceled while it waited, or left by
+        a crash) gives its slot back at once and the next one is taken. A crash
+        between the release and the enqueue leaves a job with a slot and no
+        message: the sweeper enqueues it again, as it does a job whose worker died.
+        """
+        sent: list[str] = []
+        for _ in range(100):
+            freed = False
+            for job_id in self.scheduler.release(pools):
+                job = self.store.get(job_id)
+                if job is None or job.status.is_terminal():
+                    freed = self.scheduler.done(job_id) or freed
+                    continue
+                self.store.touch(job_id)
+                self.dispatcher.enqueue(job)
+                sent.append(job_id)
+            if not freed:
+                break
+        return sent
 
     def cancel(self, job: Job) -> Job:
         """Stop a queued or running job; its running stage stops at its next progress check."""
@@ -165,7 +204,7 @@ class Lifecycle:
         messages become stale (the generation goes up)."""
         job = self.store.bump_generation(job_id)
         self.store.touch(job_id)
-        self.dispatcher.enqueue(job)
+        self.admit(job)
         return job
 
     def notify(self, job_id: str, event: str, *, snapshot: Job | None = None) -> None:
@@ -250,6 +289,14 @@ class Lifecycle:
             log.info("job %s was deleted while it ran; its files are removed", job_id)
             self.cleanup(job_id)
             self.storage.delete_prefix(f"jobs/{job_id}/")
+            self._free(job_id)
             return None
         self.cleanup(job_id)
+        self._free(job_id)
         return job if job.status is status else None
+
+    def _free(self, job_id: str) -> None:
+        """Give an ended job's slot back (or take it out of the waiting set) and release
+        the next jobs; the sweeper's ``reconcile`` repeats this after a crash."""
+        if self.scheduler.done(job_id):
+            self.dispatch()

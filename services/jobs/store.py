@@ -165,6 +165,12 @@ class JobStore:
         """A heartbeat: the job's worker is alive."""
         self.redis.zadd(self._key("active"), {job_id: time.time()}, xx=True)
 
+    def touch_many(self, job_ids: list[str]) -> None:
+        """Heartbeats of many jobs in one round trip (jobs waiting for a slot)."""
+        if job_ids:
+            now = time.time()
+            self.redis.zadd(self._key("active"), dict.fromkeys(job_ids, now), xx=True)
+
     def acquire_lease(self, name: str, token: str, ttl_s: float) -> bool:
         return bool(self.redis.set(self._key("lease", name), token, nx=True, px=int(ttl_s * 1000)))
 

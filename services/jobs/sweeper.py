@@ -13,6 +13,11 @@ whose heartbeat is older than ``VOR_STALL_TIMEOUT_S``:
 
 Each re-enqueue counts as a run of the stage, so an input that kills its worker
 every time fails after ``VOR_STAGE_MAX_RUNS`` instead of looping.
+
+A job waiting for a slot in the scheduler is not stalled: its heartbeat is
+renewed. Every sweep also gives back the slots of jobs that ended or vanished
+(a crash between a job's ending and its ``done``) and releases what may start,
+so a crash between two steps of admission strands nothing.
 """
 
 from __future__ import annotations
@@ -41,7 +46,13 @@ def sweep(jobs: Lifecycle) -> SweepReport:
     store, settings = jobs.store, jobs.settings
     report = SweepReport([], [], [])
     now = time.time()
+    return_slots(jobs)
+    jobs.dispatch()
     stale = store.active_ids(older_than_s=settings.stall_timeout_s)
+    waiting = jobs.scheduler.waiting_among(stale)
+    store.touch_many(sorted(waiting))
+    report.waiting.extend(waiting)
+    stale = [job_id for job_id in stale if job_id not in waiting]
     if not stale:
         return report
     with_messages = jobs.dispatcher.queued_jobs(held_for_less_than_s=settings.stall_timeout_s)
@@ -66,6 +77,18 @@ def sweep(jobs: Lifecycle) -> SweepReport:
     return report
 
 
+def return_slots(jobs: Lifecycle) -> list[str]:
+    """Give back the slots of released jobs that ended or no longer exist; their ids."""
+    freed = []
+    for job_id in jobs.scheduler.released():
+        job = jobs.store.get(job_id)
+        if (job is None or job.status.is_terminal()) and jobs.scheduler.done(job_id):
+            freed.append(job_id)
+    if freed:
+        log.warning("slots of ended jobs given back: %s", freed)
+    return freed
+
+
 def _timed_out(job: Job, settings: Settings) -> StageTimedOut:
     stage = job.stage.value if job.stage else "queued"
     return StageTimedOut(
@@ -75,11 +98,16 @@ def _timed_out(job: Job, settings: Settings) -> StageTimedOut:
     )
 
 
-def sweep_forever(jobs: Lifecycle, stop: Callable[[], bool]) -> None:
-    """Sweep every ``sweep_interval_s`` while holding the sweep lock; never raise."""
+def sweep_forever(
+    jobs: Lifecycle, stop: Callable[[], bool], *, beat: Callable[[], None] | None = None
+) -> None:
+    """Sweep every ``sweep_interval_s`` while holding the sweep lock; never raise.
+    ``beat`` runs every interval in every process (a worker reports its slots)."""
     interval = jobs.settings.sweep_interval_s
     while not stop():
         try:
+            if beat is not None:
+                beat()
             if jobs.store.acquire_lease("sweeper", "sweeper", interval * 0.9):
                 report = sweep(jobs)
                 if report.requeued or report.failed:

@@ -59,6 +59,7 @@ def make_lifecycle(redis_url: str, folder: Path, **settings: object) -> Lifecycl
     """A lifecycle on its own key prefix, storage and data dir."""
     client = redis.Redis.from_url(redis_url)
     store = JobStore(client, prefix=f"t{secrets.token_hex(4)}")
+    settings.setdefault("dispatch_capacity", 100)  # no worker reports its slots here
     config = Settings(
         data_dir=folder / "data",
         redis_url=redis_url,
