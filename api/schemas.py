@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.jobs.batch_store import BatchView
-from services.models import InputInfo, JobView, Stage, Status
+from services.models import InputInfo, JobView, Stage, Status, WindowProgress
 
 
 class Job(JobView):
@@ -55,6 +55,9 @@ class JobEvent(BaseModel):
     status: Status
     stage: Stage | None
     progress: float = Field(ge=0.0, le=1.0)
+    windows: WindowProgress | None = Field(
+        default=None, description="a long video's windows done of total (svor engine)"
+    )
 
 
 class Redelivery(BaseModel):

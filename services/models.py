@@ -39,9 +39,11 @@ class Status(StrEnum):
 class Stage(StrEnum):
     compress = "compress"
     segment = "segment"
+    stitch = "stitch"
     mask_convert = "mask_convert"
     merge = "merge"
     erase = "erase"
+    blend = "blend"
     publish = "publish"
 
 
@@ -236,6 +238,15 @@ class SegmentInfo(BaseModel):
     objects: list[SegmentObject] = Field(default_factory=list)
 
 
+class WindowProgress(BaseModel):
+    """A long video on an engine with a clip limit runs as windows (``services.media.windows``)."""
+
+    total: int = Field(description="windows the working video is cut into")
+    segmented: int = Field(description="windows every class has been segmented on")
+    erased: int = Field(description="windows erased (remove jobs)")
+    done: int = Field(description="windows finished: erased (remove jobs) or segmented")
+
+
 class JobError(BaseModel):
     code: str
     message: str
@@ -279,6 +290,11 @@ class Job(BaseModel):
     artifacts: dict[str, str] = Field(
         default_factory=dict, description="storage keys: input, work, masks, result, ..."
     )
+    windows: list[tuple[int, int]] = Field(
+        default_factory=list,
+        description="frame ranges [start, end) of the working video's windows; empty or one: "
+        "the video runs whole",
+    )
     error: JobError | None = None
     generation: int = Field(
         default=0, description="bumped when the sweeper re-enqueues; older messages are stale"
@@ -305,6 +321,26 @@ class Job(BaseModel):
     ) -> dict[str, Any]:
         return self.view(result, input_url).model_dump(mode="json")
 
+    def window_progress(self) -> WindowProgress | None:
+        if len(self.windows) < 2:
+            return None
+        total = len(self.windows)
+        labels = [c.label for c in self.spec.classes]
+        done = set(self.done)
+        segmented = (
+            sum(all(f"segment:{label}:w{k}" in done for label in labels) for k in range(total))
+            if labels
+            else 0
+        )
+        erased = sum(f"erase:w{k}" in done for k in range(total))
+        finished = erased if self.mode == "remove" else segmented
+        return WindowProgress(total=total, segmented=segmented, erased=erased, done=finished)
+
+    def windows_state(self) -> dict[str, Any]:
+        """A long video's windows done of total, as events carry it; nothing for a short one."""
+        progress = self.window_progress()
+        return {} if progress is None else {"windows": progress.model_dump()}
+
     def view(self, result: dict[str, str] | None = None, input_url: str | None = None) -> JobView:
         return JobView(
             id=self.id,
@@ -322,6 +358,7 @@ class Job(BaseModel):
             result=result or {},
             input_url=input_url,
             error=self.error,
+            windows=self.window_progress(),
             timings={k: round(v, 3) for k, v in self.timings.items()},
             runs=self.runs,
             webhooks=self.webhooks,
@@ -358,6 +395,9 @@ class JobView(BaseModel):
         description="signed URL of the video as sent (null for a video_url not fetched yet)",
     )
     error: JobError | None = Field(description="why the job failed")
+    windows: WindowProgress | None = Field(
+        default=None, description="long videos on the svor engine: windows done of total"
+    )
     timings: dict[str, float] = Field(description="seconds spent in each stage")
     runs: dict[str, int] = Field(description="how often each stage (and class) was started")
     webhooks: list[WebhookAttempt] = Field(description="every webhook delivery attempt")

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     svor_timeout_s: float = 60.0
     svor_max_upload_bytes: int = 1000 * 1024
     svor_max_duration_s: float = 3.0
+    """The longest clip one SVOR call takes; longer videos go as windows of this length."""
+    local_window_s: float = Field(default=10.0, ge=0)
+    """The local engine runs a video longer than this as windows of it (0: always whole)."""
     svor_rate_limit_per_s: float = Field(default=5.0, ge=0)
     """Calls per second to SVOR from all workers together (0 = no limit)."""
     svor_rate_burst: float | None = Field(default=None, ge=1)
@@ -83,10 +86,11 @@ class Settings(BaseSettings):
     """A request's line and headers must arrive within this long."""
     body_idle_timeout_s: float = Field(default=30.0, gt=0)
     """A request body must bring 64 KiB (or its end) within every this long."""
-    max_duration_s: float = 120.0
+    max_duration_s: float = 600.0
     max_width: int = 3840
     max_height: int = 2160
-    max_frames: int = 10_000
+    max_frames: int = 36_000
+    """Ten minutes at 60 fps."""
     default_mask_dilation: int = 4
 
     visibility_timeout_s: int = 3 * 3600

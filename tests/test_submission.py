@@ -53,12 +53,15 @@ def test_a_good_submission_becomes_a_queued_job(store: JobStore, clip: Synthetic
     assert job.input is not None and job.input.frames == len(clip.masks)
 
 
-def test_the_svor_engine_refuses_a_clip_over_its_length(store: JobStore, tmp_path: Path) -> None:
+def test_a_clip_longer_than_one_svor_upload_runs_as_windows(
+    store: JobStore, tmp_path: Path
+) -> None:
     long = make_clip(tmp_path / "long.mp4", frames=48, fps=12).path
-    error = refusal(store, {"engine": "svor", "classes": [BOX]}, video=long)
-    assert (type(error), error.field) == (InvalidInput, "video")
-    assert "at most 3 s" in error.message
-    assert capabilities("svor", Settings(svor_max_duration_s=5)).max_clip_s == 5
+    job = accept(store, {"engine": "svor", "classes": [BOX]}, video=long)
+    assert job.windows == [(0, 36), (28, 48)]  # type: ignore[attr-defined]
+    local = accept(store, {"engine": "local", "classes": [BOX]}, video=long)
+    assert local.windows == []  # type: ignore[attr-defined]
+    assert capabilities("svor", Settings(svor_max_duration_s=5)).window_s == 5
 
 
 def test_a_text_prompt_needs_an_engine_that_reads_text(

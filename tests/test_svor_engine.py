@@ -32,7 +32,6 @@ from services.engines.svor.engine import (
 )
 from services.engines.svor.upload_fit import copy_if_fits
 from services.errors import (
-    InvalidInput,
     UpstreamAuth,
     UpstreamBadRequest,
     UpstreamFailed,
@@ -49,7 +48,7 @@ from services.media.video import (
     video_size,
     write_video,
 )
-from services.models import ClassPrompt, InputInfo
+from services.models import ClassPrompt
 from services.settings import Settings
 from services.standin.server import create_app, serve_in_thread
 
@@ -196,14 +195,17 @@ def test_prepare_fits_noisy_720p_under_the_limit(fake: FakeTime, tmp_path: Path)
     print(f"noisy 1280x720 {info.duration_s}s: {info.size_bytes} -> {size} bytes, plan {plan}")
 
 
-def test_prepare_drops_audio_and_refuses_long_clips(fake: FakeTime, tmp_path: Path) -> None:
+def test_prepare_drops_audio_and_keeps_every_frame_of_a_long_clip(
+    fake: FakeTime, tmp_path: Path
+) -> None:
     source = make_clip(tmp_path / "audio.mp4", audio=True).path
     engine = SvorEngine(client_for("http://127.0.0.1:9", fake))
     work = engine.prepare(source, probe(source), tmp_path, no_progress)
     assert probe(source).audio and not probe(work).audio
-    long = InputInfo(duration_s=4.0, width=96, height=64, fps=12.0, frames=48, audio=False)
-    with pytest.raises(InvalidInput, match="at most 3 s"):
-        engine.prepare(source, long, tmp_path, no_progress)
+    long = make_clip(tmp_path / "long.mp4", frames=48, fps=12).path
+    (tmp_path / "long").mkdir()
+    work = engine.prepare(long, probe(long), tmp_path / "long", no_progress)
+    assert probe(work).frames == 48, "a long clip's working copy is cut into windows later"
 
 
 def test_prepare_copies_a_stream_that_fits_and_encodes_one_that_cannot_go_as_it_is(

@@ -85,7 +85,14 @@ def _slot_report(consumer: Any) -> Callable[[], None]:
     return beat
 
 
-def _run(task: Task, stage: Stage, job_id: str, generation: int, label: str | None = None) -> str:
+def _run(
+    task: Task,
+    stage: Stage,
+    job_id: str,
+    generation: int,
+    label: str | None = None,
+    window: int | None = None,
+) -> str:
     attempt, settings = task.request.retries, get_settings()
     try:
         outcome = pipeline.run_stage(
@@ -93,6 +100,7 @@ def _run(task: Task, stage: Stage, job_id: str, generation: int, label: str | No
             job_id,
             resources(),
             label=label,
+            window=window,
             generation=generation,
             final_attempt=retries.is_final_attempt(attempt, settings),
         )
@@ -120,8 +128,13 @@ def compress(self: Task, job_id: str, generation: int = 0) -> str:
 
 
 @app.task(name=task_name(Stage.segment), **STAGE_OPTIONS)
-def segment(self: Task, job_id: str, generation: int, label: str) -> str:
-    return _run(self, Stage.segment, job_id, generation, label)
+def segment(self: Task, job_id: str, generation: int, label: str, window: int | None = None) -> str:
+    return _run(self, Stage.segment, job_id, generation, label, window)
+
+
+@app.task(name=task_name(Stage.stitch), **STAGE_OPTIONS)
+def stitch(self: Task, job_id: str, generation: int = 0) -> str:
+    return _run(self, Stage.stitch, job_id, generation)
 
 
 @app.task(name=task_name(Stage.mask_convert), **STAGE_OPTIONS)
@@ -135,8 +148,13 @@ def merge(self: Task, job_id: str, generation: int = 0) -> str:
 
 
 @app.task(name=task_name(Stage.erase), **STAGE_OPTIONS)
-def erase(self: Task, job_id: str, generation: int = 0) -> str:
-    return _run(self, Stage.erase, job_id, generation)
+def erase(self: Task, job_id: str, generation: int = 0, window: int | None = None) -> str:
+    return _run(self, Stage.erase, job_id, generation, window=window)
+
+
+@app.task(name=task_name(Stage.blend), **STAGE_OPTIONS)
+def blend(self: Task, job_id: str, generation: int = 0) -> str:
+    return _run(self, Stage.blend, job_id, generation)
 
 
 @app.task(name=task_name(Stage.publish), **STAGE_OPTIONS)

@@ -138,6 +138,7 @@ def state_of(job: Job) -> dict[str, Any]:
         "status": job.status.value,
         "stage": job.stage.value if job.stage else None,
         "progress": round(job.progress, 4),
+        **job.windows_state(),
     }
 
 

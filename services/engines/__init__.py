@@ -16,7 +16,7 @@ NAMES = ("local", "svor")
 def capabilities(name: str, settings: Settings) -> Capabilities:
     """What the engine called ``name`` can do."""
     if name == "local":
-        return local.CAPABILITIES
+        return local.capabilities(settings.local_window_s)
     if name == "svor":
         return svor.capabilities(settings.svor_max_duration_s)
     raise ValueError(f"unknown engine {name!r}")
@@ -27,7 +27,7 @@ def get_engine(name: str, settings: Settings, *, redis_client: redis.Redis | Non
     if name == "local":
         from services.engines.local.engine import LocalEngine
 
-        return LocalEngine()
+        return LocalEngine(window_s=settings.local_window_s)
     if name == "svor":
         from services.engines.svor.engine import engine_from_settings
 

@@ -49,6 +49,9 @@ class Capabilities:
     """Whether it can find objects from a text prompt alone."""
     max_clip_s: float | None = None
     """The longest clip it takes; None: only the service's own limit."""
+    window_s: float | None = None
+    """The longest clip one call of it takes; a longer video runs as overlapping windows
+    of this length (``services.media.windows``). None: the whole video in one call."""
 
     def check_clip(self, info: InputInfo) -> None:
         """Refuse a clip longer than ``max_clip_s`` (by more than half a frame, which a

@@ -17,13 +17,11 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
 from services import logs, metrics
-from services.engines import capabilities, get_engine
-from services.engines.base import Engine
+from services.engines import capabilities
 from services.errors import (
     Canceled,
     Conflict,
@@ -35,45 +33,22 @@ from services.errors import (
     TransientError,
     VorError,
 )
-from services.jobs import submission
+from services.jobs import submission, windowed
 from services.jobs.lease import StageLease
-from services.jobs.lifecycle import Lifecycle
-from services.jobs.plan import span, stage_key
+from services.jobs.plan import stage_key
+from services.jobs.stagerun import Resources as Resources
+from services.jobs.stagerun import StageRun as StageRun
 from services.jobs.store import JobStore
 from services.media import compose, masks, preview
 from services.media.video import video_size
-from services.models import ClassPrompt, Job, SegmentInfo, SegmentObject, Stage, Status
+from services.models import ClassPrompt, Job, SegmentInfo, SegmentObject, Stage
 from services.settings import Settings
-from services.storage import Storage
 
 log = logging.getLogger("vor.pipeline")
 
 
-@dataclass
-class Resources:
-    """What a stage works with: the lifecycle (job store, storage, settings) and engines."""
-
-    jobs: Lifecycle
-    time_limit_errors: tuple[type[BaseException], ...] = ()
-    """What the runner raises inside a stage that outlived its time limit."""
-    engines: dict[str, Engine] = field(default_factory=dict)
-
-    @property
-    def store(self) -> JobStore:
-        return self.jobs.store
-
-    @property
-    def storage(self) -> Storage:
-        return self.jobs.storage
-
-    @property
-    def settings(self) -> Settings:
-        return self.jobs.settings
-
-    def engine(self, name: str) -> Engine:
-        if name not in self.engines:
-            self.engines[name] = get_engine(name, self.settings, redis_client=self.store.redis)
-        return self.engines[name]
+class Replanned(Exception):
+    """The job was planned again (with windows); the rest of this chain is stale."""
 
 
 class StageOutcome(Enum):
@@ -87,69 +62,13 @@ class StageOutcome(Enum):
     """Another copy holds the stage's lease: look again once the lease could have expired."""
 
 
-@dataclass
-class StageRun:
-    """One stage of one job: its scratch directory, inputs and progress reporting."""
-
-    job: Job
-    stage: Stage
-    res: Resources
-    scratch: Path
-    began: float = field(default_factory=time.monotonic)
-    _last_report: float = 0.0
-
-    def fetch(self, name: str) -> Path:
-        key = self.job.artifacts.get(name)
-        if key is None:
-            raise NotFound(f"the job has no {name!r} file yet", stage=self.stage.value)
-        dest = self.scratch / "in" / key.replace("/", "_")
-        if not dest.exists():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                self.res.storage.get_file(key, dest)
-            except NotFound as exc:
-                raise NotFound(
-                    f"stored file {key} is gone (was a job it came from deleted?)",
-                    stage=self.stage.value,
-                ) from exc
-        return dest
-
-    def store(self, name: str, path: Path, key: str, content_type: str | None = None) -> str:
-        self.res.storage.put_file(key, path, content_type)
-        self.job = self.res.store.update(self.job.id, lambda j: j.artifacts.__setitem__(name, key))
-        return key
-
-    def key(self, name: str) -> str:
-        return f"jobs/{self.job.id}/{name}"
-
-    def out(self, name: str) -> Path:
-        path = self.scratch / "out" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def folder(self, name: str) -> Path:
-        path = self.scratch / "out" / name
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def progress(self, fraction: float) -> None:
-        """Report progress within this stage; raises Canceled once the job was canceled."""
-        now = time.monotonic()
-        if now - self._last_report < 0.5 and fraction < 1.0:
-            return
-        self._last_report = now
-        start, end = span(self.job.mode, self.stage)
-        job = self.res.store.set_progress(self.job.id, start + (end - start) * fraction)
-        if job.status is Status.canceled:
-            raise Canceled("the job was canceled", stage=self.stage.value)
-
-
 def run_stage(
     stage: Stage,
     job_id: str,
     res: Resources,
     *,
     label: str | None = None,
+    window: int | None = None,
     generation: int = 0,
     final_attempt: bool = True,
 ) -> StageOutcome:
@@ -158,14 +77,14 @@ def run_stage(
     A ``TransientError`` propagates for the caller to retry, unless this is the
     ``final_attempt``; every other failure fails the job through the lifecycle.
     """
-    key = stage_key(stage, label)
+    key = stage_key(stage, label, window)
     logs.bind(job_id=job_id, stage=stage.value)
     with StageLease(res.store, job_id, key, heartbeat_s=res.settings.heartbeat_s) as lease:
         if not lease.acquire():
             log.warning("%s of %s is running elsewhere; this copy waits", key, job_id)
             return StageOutcome.busy
         try:
-            job = res.store.start_stage(job_id, stage, label, generation=generation)
+            job = res.store.start_stage(job_id, stage, label, generation=generation, window=window)
         except (NotFound, Conflict, Stale):
             return StageOutcome.skipped
         logs.bind(tenant=job.tenant)
@@ -178,22 +97,27 @@ def run_stage(
             ))  # fmt: skip
             return StageOutcome.failed
         res.jobs.notify(job_id, "job.progress")
-        return _attempt(job, stage, label, res, final_attempt=final_attempt)
+        run = StageRun(job, stage, res, _scratch(res.settings, job.id, key), window)
+        return _attempt(run, label, final_attempt=final_attempt)
 
 
-def _attempt(
-    job: Job, stage: Stage, label: str | None, res: Resources, *, final_attempt: bool
-) -> StageOutcome:
-    """Do the stage's work in a scratch directory; every way it can end, handled."""
-    key = stage_key(stage, label)
-    scratch = res.settings.work_dir / job.id / f"{key.replace(':', '-')}-{time.time_ns()}"
+def _scratch(settings: Settings, job_id: str, key: str) -> Path:
+    scratch = settings.work_dir / job_id / f"{key.replace(':', '-')}-{time.time_ns()}"
     scratch.mkdir(parents=True, exist_ok=True)
-    run = StageRun(job, stage, res, scratch)
+    return scratch
+
+
+def _attempt(run: StageRun, label: str | None, *, final_attempt: bool) -> StageOutcome:
+    """Do the stage's work in a scratch directory; every way it can end, handled."""
+    job, stage, res, scratch = run.job, run.stage, run.res, run.scratch
+    key = stage_key(stage, label, run.window)
     try:
         _work(run, label)
         return StageOutcome.done
     except Canceled:
         res.jobs.cleanup(job.id)
+        return StageOutcome.skipped
+    except Replanned:
         return StageOutcome.skipped
     except res.time_limit_errors:
         res.jobs.fail(job.id, stage, StageTimedOut(
@@ -227,14 +151,20 @@ def _work(run: StageRun, label: str | None) -> None:
     _debug_delay(run)
     if label is not None and label == settings.debug_crash_label:
         os.kill(os.getpid(), signal.SIGKILL)
-    if stage is Stage.segment:
+    replan = False
+    if run.window is not None:
+        windowed.STAGES[stage](run, label)
+    elif stage is Stage.segment:
         segment(run, label)
     else:
-        STAGES[stage](run)
+        replan = STAGES[stage](run) is True
     seconds = time.monotonic() - run.began
     if stage is not Stage.publish:
-        run.res.store.complete_stage(run.job.id, stage_key(stage, label), seconds)
+        run.res.store.complete_stage(run.job.id, stage_key(stage, label, run.window), seconds)
     metrics.stage_done(run.res.store.redis, stage.value, run.job.engine, seconds)
+    if replan:
+        run.res.jobs.requeue(run.job.id)
+        raise Replanned()
 
 
 def _debug_delay(run: StageRun) -> None:
@@ -258,7 +188,9 @@ def _prompts(job: Job, store: JobStore) -> list[ClassPrompt]:
     return []
 
 
-def compress(run: StageRun) -> None:
+def compress(run: StageRun) -> bool:
+    """The working copy (and a long video's windows); True when the job must be planned
+    again (a ``video_url`` turned out to need windows)."""
     job = run.job
     if "input" not in job.artifacts and job.spec.video_url:
         downloaded = submission.download_video(
@@ -274,6 +206,7 @@ def compress(run: StageRun) -> None:
     engine = run.res.engine(job.engine)
     work = engine.prepare(source, run.job.input, run.folder("prepare"), run.progress)
     run.store("work", work, run.key("work" + work.suffix))
+    replan = windowed.set_windows(run, work, engine.capabilities.window_s)
     if "mask_upload" in job.artifacts:
         width, height, _, frames = video_size(work)
         targets = next(iter(job.spec.targets.values())) if job.spec.targets else None
@@ -286,7 +219,9 @@ def compress(run: StageRun) -> None:
             out=run.out("mask.mkv"),
         )
         run.store("mask", mask, run.key("mask.mkv"))
+        windowed.cut_mask(run, mask)
     run.progress(1.0)
+    return replan
 
 
 def _url_suffix(url: str) -> str:
@@ -338,6 +273,7 @@ def merge(run: StageRun) -> None:
     sources = [(run.fetch(f"segment:{label}"), ids) for label, ids in run.job.selection.items()]
     merged = masks.select_union(sources, run.out("mask.mkv"))
     run.store("mask", merged, run.key("mask.mkv"))
+    windowed.cut_mask(run, merged)
     run.progress(1.0)
 
 
@@ -355,9 +291,7 @@ def erase(run: StageRun) -> None:
     run.progress(1.0)
 
 
-def _dilation(job: Job, settings: Settings) -> int:
-    value = job.spec.options.mask_dilation
-    return settings.default_mask_dilation if value is None else value
+_dilation = windowed.dilation
 
 
 def publish(run: StageRun) -> None:
@@ -441,8 +375,10 @@ def _succeed(run: StageRun) -> None:
     run.res.jobs.succeed(run.job.id, run.stage.value, time.monotonic() - run.began)
 
 
-STAGES: dict[Stage, Callable[..., None]] = {
+STAGES: dict[Stage, Callable[..., object]] = {
     Stage.compress: compress,
+    Stage.stitch: windowed.stitch,
+    Stage.blend: windowed.blend,
     Stage.segment: segment,
     Stage.mask_convert: mask_convert,
     Stage.merge: merge,

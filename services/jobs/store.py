@@ -147,14 +147,20 @@ class JobStore:
                     continue
 
     def start_stage(
-        self, job_id: str, stage: Stage, label: str | None = None, *, generation: int = 0
+        self,
+        job_id: str,
+        stage: Stage,
+        label: str | None = None,
+        *,
+        generation: int = 0,
+        window: int | None = None,
     ) -> Job:
         """Mark ``stage`` as running and count the run.
 
         Raises ``Conflict`` when the job already ended, and ``Stale`` when this
         message belongs to an older generation of the job or the stage is done.
         """
-        key = stage_key(stage, label)
+        key = stage_key(stage, label, window)
 
         def change(job: Job) -> None:
             if job.status.is_terminal():
@@ -342,6 +348,7 @@ def _event(job: Job, *, with_id: bool = False) -> str:
         "status": job.status.value,
         "stage": job.stage.value if job.stage else None,
         "progress": round(job.progress, 4),
+        **job.windows_state(),
     }
     return json.dumps({"id": job.id, **state} if with_id else state)
 

@@ -29,6 +29,7 @@ from services.errors import (
 from services.jobs.store import JobStore, new_job_id
 from services.media.masks import MAX_IMAGE_PIXELS
 from services.media.video import image_size, probe
+from services.media.windows import plan_windows
 from services.models import InputInfo, Job, JobSpec, SegmentInfo, Status
 from services.settings import Settings
 from services.storage import Storage
@@ -209,7 +210,7 @@ def _reused(
         artifacts = {
             k: v
             for k, v in source.artifacts.items()
-            if k in {"input", "work"} or k.startswith("segment:")
+            if k in {"input", "work"} or k.startswith(("segment:", "work:"))
         }
         return artifacts, dict(source.segments), []
     if "input" not in source.artifacts:
@@ -217,16 +218,19 @@ def _reused(
     artifacts = {"input": source.artifacts["input"]}
     if engine != source.engine or "work" not in source.artifacts:
         return artifacts, {}, []
-    artifacts["work"] = source.artifacts["work"]
+    artifacts.update({k: v for k, v in source.artifacts.items()
+                      if k == "work" or k.startswith("work:")})  # fmt: skip
     segments: dict[str, SegmentInfo] = {}
     done = ["compress"]
     before = {c.label: c for c in source.spec.classes}
     for prompt in spec.classes:
         key = f"segment:{prompt.label}"
         if before.get(prompt.label) == prompt and key in source.artifacts:
-            artifacts[key] = source.artifacts[key]
+            kept = {k: v for k, v in source.artifacts.items()
+                    if k == key or k.startswith(key + ":w")}  # fmt: skip
+            artifacts.update(kept)
             segments[prompt.label] = source.segments[prompt.label]
-            done.append(key)
+            done.extend(kept)
     return artifacts, segments, done
 
 
@@ -239,6 +243,14 @@ class _Source:
     artifacts: dict[str, str] = dataclasses.field(default_factory=dict)
     segments: dict[str, SegmentInfo] = dataclasses.field(default_factory=dict)
     done: list[str] = dataclasses.field(default_factory=list)
+    windows: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+
+
+def _windows(info: InputInfo, engine: str, settings: Settings) -> list[tuple[int, int]]:
+    """A long video's windows for ``engine`` (none when it runs whole); ``compress`` checks
+    them against the working copy it makes."""
+    found = plan_windows(info.frames, info.fps, capabilities(engine, settings).window_s)
+    return found if len(found) > 1 else []
 
 
 def _source(sub: Submission, store: JobStore, settings: Settings) -> _Source:
@@ -251,7 +263,10 @@ def _source(sub: Submission, store: JobStore, settings: Settings) -> _Source:
             )
         source = _from_job(spec, sub.tenant, store)
         engine = spec.engine or source.engine
-        return _Source(engine, source.input, *_reused(spec, source, engine))
+        reused = _Source(engine, source.input, *_reused(spec, source, engine))
+        if "work" in reused.artifacts:
+            reused.windows = list(source.windows)
+        return reused
     if sub.video is not None:
         if spec.video_url:
             raise InvalidSpec("send either a video file or video_url, not both", field="video_url")
@@ -261,7 +276,8 @@ def _source(sub: Submission, store: JobStore, settings: Settings) -> _Source:
                 f"the video is {size} bytes; the limit is {settings.max_upload_bytes}",
                 field="video",
             )
-        return _Source(engine, probe_upload(sub.video, engine, settings))
+        info = probe_upload(sub.video, engine, settings)
+        return _Source(engine, info, windows=_windows(info, engine, settings))
     if spec.video_url:
         check_url(spec.video_url, "video_url", settings)
         return _Source(engine)
@@ -309,6 +325,7 @@ def accept(sub: Submission, *, store: JobStore, settings: Settings) -> Job:
         artifacts=source.artifacts,
         segments=source.segments,
         done=source.done,
+        windows=source.windows,
         idempotency_key=sub.idempotency_key,
         batch_id=sub.batch_id,
         batch_index=sub.batch_index,

@@ -172,3 +172,53 @@ def _write_with_audio(path: Path, images: list[np.ndarray], fps: float, crf: int
     for packet in audio.encode():
         container.mux(packet)
     container.close()
+
+
+CROSSING_COLOURS = ((40, 60, 230), (230, 60, 40))
+"""Red and blue (BGR), flat: the stand-in's ``--text-color`` finds them."""
+
+
+def _crossing_x(k: int, t: float, width: int, seconds: float, radius: int) -> float:
+    """Object 1 crosses left to right over the whole clip; object 2 goes right to left,
+    leaves the frame at about 40 % of the clip and comes back from the left at 60 %."""
+    if k == 0:
+        return radius + (width - 2 * radius) * t / seconds
+    leave, back = 0.4 * seconds, 0.6 * seconds
+    speed = (width + 2 * radius) / leave
+    if t < leave:
+        return width + radius - speed * t - radius
+    if t < back:
+        return -10.0 * radius
+    return -radius + speed * (t - back)
+
+
+def make_crossing_clip(
+    path: Path | str,
+    *,
+    seconds: float = 20.0,
+    fps: float = 8.0,
+    width: int = 160,
+    height: int = 90,
+    crf: int = 12,
+) -> SyntheticClip:
+    """A long clip for windowed jobs: two flat discs (``CROSSING_COLOURS``) on a
+    desaturated textured scene, crossing every window boundary; object 2 leaves the
+    frame and comes back. ``masks`` hold ids 1 and 2."""
+    path = Path(path)
+    texture = textured_background(width, height).astype(np.float32)
+    gray = texture.mean(axis=2, keepdims=True)
+    background = np.clip(0.3 * texture + 0.7 * gray, 0, 255).astype(np.uint8)
+    radius = max(4, height // 9)
+    masks: list[np.ndarray] = []
+    with VideoWriter(path, width, height, fps, crf=crf) as writer:
+        for index in range(round(seconds * fps)):
+            t = index / fps
+            image = background.copy()
+            mask = np.zeros((height, width), np.uint8)
+            for k, colour in enumerate(CROSSING_COLOURS):
+                centre = (round(_crossing_x(k, t, width, seconds, radius)), (k + 1) * height // 3)
+                cv2.circle(image, centre, radius, colour, -1)
+                cv2.circle(mask, centre, radius, k + 1, -1)
+            masks.append(mask)
+            writer.write(image)
+    return SyntheticClip(path, masks, background, width, height, fps)

@@ -3,7 +3,12 @@
 import argparse
 import sys
 
-from services.standin.cli import add_arguments, faults_from_args, texts_from_args
+from services.standin.cli import (
+    add_arguments,
+    colours_from_args,
+    faults_from_args,
+    texts_from_args,
+)
 from services.standin.server import serve
 
 
@@ -21,6 +26,7 @@ def main(argv: list[str]) -> int:
         log_level=args.log_level,
         engine=args.engine,
         texts=texts_from_args(args),
+        text_colours=colours_from_args(args),
     )
     return 0
 

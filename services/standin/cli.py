@@ -8,6 +8,7 @@ import types
 import typing
 from typing import Any
 
+from services.standin.colours import Colour, parse_text_colours
 from services.standin.faults import Faults
 from services.standin.prompts import Box, parse_text_box
 
@@ -35,6 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a text prompt finds this box (normalised, on the annotation frame); repeat for more "
         "boxes and texts (also settable at runtime: POST /_texts)",
     )  # fmt: skip
+    parser.add_argument(
+        "--text-color", dest="text_colours", action="append", type=_text_colours, default=[],
+        metavar="TEXT=#rrggbb[,#rrggbb]",
+        help="a text prompt finds every region of these colours on every frame, numbered per "
+        "upload by first appearance (also settable at runtime: POST /_text_colors)",
+    )  # fmt: skip
     faults = parser.add_argument_group("faults (also settable at runtime: POST /_faults)")
     for name, info in Faults.model_fields.items():
         flag = "--" + name.replace("_", "-")
@@ -43,6 +50,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             faults.add_argument(flag, action="store_true", help=info.description)
         else:
             faults.add_argument(flag, type=kind, default=info.default, help=info.description)
+
+
+def _text_colours(value: str) -> tuple[str, list[Colour]]:
+    try:
+        return parse_text_colours(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def colours_from_args(args: argparse.Namespace) -> dict[str, list[Colour]]:
+    table: dict[str, list[Colour]] = {}
+    for text, colours in args.text_colours:
+        table.setdefault(text, []).extend(colours)
+    return table
 
 
 def faults_from_args(args: argparse.Namespace) -> Faults:

@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -37,15 +37,16 @@ from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from services.engines.base import no_progress
-from services.engines.svor import capabilities
+from services.engines.base import FoundObject, no_progress
+from services.engines.svor import upload_limits
 from services.engines.svor.client import ERASE_PATH, SEG_PATH
 from services.errors import InvalidInput, VorError
 from services.media.video import VideoWriter, probe, read_frames
 from services.models import InputInfo
+from services.standin.colours import Colour, find_objects, parse_colour
 from services.standin.faults import Faults
 from services.standin.gate import Gate, bad_request, error_response
-from services.standin.prompts import BadRequest, Box, class_prompt, text_table
+from services.standin.prompts import BadRequest, Box, class_prompt, text_key, text_table
 from services.standin.state import SegmentErase, State
 from services.standin.tasks import start_task
 
@@ -77,6 +78,39 @@ def _to_mp4(source: Path, dest: Path, fps: float) -> Path:
     return dest
 
 
+def _object_boxes(objects: list[FoundObject], info: InputInfo) -> dict[str, list[int]]:
+    """Found objects' normalised boxes as SVOR's ``object_boxes``: pixels of the upload."""
+    return {
+        str(o.id): [
+            round(o.box[0] * info.width),
+            round(o.box[1] * info.height),
+            round(o.box[2] * info.width),
+            round(o.box[3] * info.height),
+        ]
+        for o in objects
+    }
+
+
+def _by_colour(
+    video: Path, colours: list[Colour], folder: Path, text: str, info: InputInfo
+) -> Callable[[], tuple[Path, dict[str, Any]]]:
+    """A segmentation task of the colour detector (``--text-color``)."""
+
+    def work() -> tuple[Path, dict[str, Any]]:
+        result = find_objects(video, colours, folder)
+        ids = "、".join(str(o.id) for o in result.objects)
+        suggestion = (
+            f"符合用户指令的有 obj_id {ids}, 需消除 (the stand-in's --text-color table "
+            f"names the colours of {text!r})"
+        )
+        return result.mask_path, {
+            "suggest_obj": suggestion,
+            "object_boxes": _object_boxes(result.objects, info),
+        }
+
+    return work
+
+
 def create_app(
     engine: SegmentErase | None = None,
     faults: Faults | None = None,
@@ -87,6 +121,7 @@ def create_app(
     max_duration_s: float = 3.0,
     texts: dict[str, list[Box]] | None = None,
     task_threads: int = 1,
+    text_colours: dict[str, list[Colour]] | None = None,
 ) -> FastAPI:
     """The stand-in as an ASGI app; ``engine`` defaults to ``LocalEngine`` (made on first use).
 
@@ -107,6 +142,7 @@ def create_app(
         task_threads=task_threads,
     )
     state.texts = text_table(texts or {})
+    state.colours = {text_key(t): c for t, c in (text_colours or {}).items()}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -156,13 +192,26 @@ def create_app(
                 bounding_box_labels,
             )
             info = _save(input_video, video)
-            capabilities(state.max_duration_s).check_clip(info)
+            upload_limits(state.max_duration_s).check_clip(info)
             prompt.check_frame_index(info.frames, field="frame_index")
         except BadRequest as exc:
             return bad_request(str(exc))
         except VorError as exc:
             return bad_request(exc.message)
         named = None
+        colours = None if prompt.has_geometry else state.colours_named(prompt.text or "")
+        if colours is not None:
+            return JSONResponse(
+                {
+                    "code": 0,
+                    "task_id": start_task(
+                        state,
+                        "sam3_prompt_seg",
+                        _by_colour(video, colours, folder, prompt.text or "", info),
+                        request,
+                    ),
+                }
+            )
         if not prompt.has_geometry:
             named = state.boxes_named(prompt.text or "")
             if named is None:
@@ -177,15 +226,7 @@ def create_app(
 
         def work() -> tuple[Path, dict[str, Any]]:
             result = state.engine.segment(video, prompt, folder, no_progress)
-            boxes = {
-                str(o.id): [
-                    round(o.box[0] * info.width),
-                    round(o.box[1] * info.height),
-                    round(o.box[2] * info.width),
-                    round(o.box[3] * info.height),
-                ]
-                for o in result.objects
-            }
+            boxes = _object_boxes(result.objects, info)
             suggestion = result.suggestion
             if named is not None:
                 ids = "、".join(str(o.id) for o in result.objects)
@@ -210,7 +251,7 @@ def create_app(
         video, mask = folder / "input.mp4", folder / "mask_upload.mp4"
         try:
             info = _save(input_video, video)
-            capabilities(state.max_duration_s).check_clip(info)
+            upload_limits(state.max_duration_s).check_clip(info)
             mask_info = _save(input_mask, mask)
         except VorError as exc:
             return bad_request(exc.message)
@@ -284,6 +325,23 @@ def create_app(
             state.texts = table
         return JSONResponse(table)
 
+    @app.get("/_text_colors")
+    def get_text_colours() -> dict[str, list[Colour]]:
+        """The text prompts the colour detector knows, with their colours (b, g, r)."""
+        with state.lock:
+            return dict(state.colours)
+
+    @app.post("/_text_colors")
+    def set_text_colours(texts: dict[str, list[str]]) -> JSONResponse:
+        """Replace the colour table: {"ball": ["#e63c28", "#1e28e6"]}."""
+        try:
+            table = {text_key(t): [parse_colour(c) for c in cs] for t, cs in texts.items()}
+        except ValueError as exc:
+            return bad_request(str(exc))
+        with state.lock:
+            state.colours = table
+        return JSONResponse({t: [list(c) for c in cs] for t, cs in table.items()})
+
     @app.get("/_stats")
     def get_stats() -> dict[str, Any]:
         """Requests by endpoint and status code, upload sizes, tasks started, and each ended
@@ -336,6 +394,7 @@ def serve(
     log_level: str = "warning",
     engine: str = "local",
     texts: dict[str, list[Box]] | None = None,
+    text_colours: dict[str, list[Colour]] | None = None,
 ) -> None:
     """Run the stand-in with uvicorn until interrupted."""
     active = faults.model_dump(exclude_defaults=True)
@@ -345,6 +404,7 @@ def serve(
         faults=faults,
         api_key=api_key,
         texts=texts,
+        text_colours=text_colours,
         task_threads=BOX_TASK_THREADS if engine == "boxes" else 1,
     )
     uvicorn.run(

@@ -74,6 +74,7 @@ class State:
         self.injector = Injector(faults)
         self.tasks: dict[str, Task] = {}
         self.texts: dict[str, list[Box]] = {}
+        self.colours: dict[str, list[tuple[int, int, int]]] = {}
         self.executor = ThreadPoolExecutor(task_threads, thread_name_prefix="svor-task")
         self.reset_stats()
 
@@ -119,6 +120,10 @@ class State:
     def boxes_named(self, text: str) -> list[Box] | None:
         with self.lock:
             return self.texts.get(text_key(text))
+
+    def colours_named(self, text: str) -> list[tuple[int, int, int]] | None:
+        with self.lock:
+            return self.colours.get(text_key(text))
 
     def record_upload(self, endpoint: str, size: int) -> None:
         with self.lock:

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from services.engines.base import FoundObject, Progress, Segmentation
-from services.engines.local import CAPABILITIES
+from services.engines.local import CAPABILITIES, capabilities
 from services.engines.local.inpaint import erase_frames
 from services.engines.local.tracking import MaskTracker, id_map, seeds_from_prompt, segment_seed
 from services.media.masks import dilate
@@ -23,9 +23,12 @@ class LocalEngine:
     name = "local"
     capabilities = CAPABILITIES
 
-    def __init__(self, *, max_side: int = 960, working_crf: int = 14) -> None:
+    def __init__(
+        self, *, max_side: int = 960, working_crf: int = 14, window_s: float = 0.0
+    ) -> None:
         self.max_side = max_side
         self.working_crf = working_crf
+        self.capabilities = capabilities(window_s)
 
     def prepare(self, source: Path, info: InputInfo, out_dir: Path, progress: Progress) -> Path:
         """Decode, downscale so the long side is at most ``max_side``, re-encode near-lossless."""

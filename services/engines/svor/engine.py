@@ -41,6 +41,7 @@ from services.errors import (
 )
 from services.media.masks import dilate
 from services.media.video import PixelFormat, VideoWriter, read_frames, video_format, video_size
+from services.media.windows import plan_windows
 from services.models import ClassPrompt, InputInfo
 from services.settings import Settings
 
@@ -92,10 +93,18 @@ class SvorEngine:
         return self.max_upload_bytes - UPLOAD_OVERHEAD_BYTES
 
     def prepare(self, source: Path, info: InputInfo, out_dir: Path, progress: Progress) -> Path:
-        """The upload, under the limit with room for a mask; its plan is ``svor_upload.json``."""
+        """The upload, under the limit with room for a mask; its plan is ``svor_upload.json``.
+
+        A video longer than one upload takes is cut into windows later: its working copy
+        gets one upload's budget per window, so that each window fits about as a short
+        clip does.
+        """
         self.capabilities.check_clip(info)
         out = Path(out_dir) / "svor_upload.mp4"
-        target = self._budget - _mask_size_guess(info.frames, info.width, info.height)
+        windows = plan_windows(info.frames, info.fps, self.capabilities.window_s)
+        per_window = info.frames / len(windows)
+        mask_room = _mask_size_guess(round(per_window), info.width, info.height)
+        target = (self._budget - mask_room) * len(windows)
         plan = copy_if_fits(source, out, target_bytes=target) or fit_upload(
             source, out, target_bytes=target, progress=progress
         )
