@@ -35,7 +35,7 @@ from tests.helpers import wait
 from tests.support.processes import ROOT, start_api, user_env
 
 SUPPORT = ROOT / "tests" / "support"
-ST_SECONDS = 120
+ST_SECONDS = 90
 """Schemathesis's time budget: fuzzing and stateful testing repeat until it is spent."""
 
 
