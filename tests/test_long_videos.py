@@ -4,11 +4,8 @@ local engine, windows of ``VOR_LOCAL_WINDOW_S`` (10 s)."""
 
 from __future__ import annotations
 
-import functools
-import threading
 import time
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +25,7 @@ from services.media.windows import plan_windows
 from services.models import JobSpec, Queue, Stage
 from tests.conftest import SVOR_KEY, api_client, service_env
 from tests.helpers import accepted, download, wait
+from tests.support.files import FileServer
 from tests.support.jobs import make_lifecycle, recording
 
 COLOURS = {"ball": ["#e63c28", "#283ce6"]}
@@ -200,22 +198,16 @@ def test_a_long_video_url_is_planned_again_with_its_windows_after_compress(
 ) -> None:
     """A ``video_url`` job's length is known only once compress fetched it: found long,
     the job is enqueued again (a new generation) with its windows."""
-    folder = long_clip.path.parent
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(folder))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with FileServer(long_clip.path.parent) as files:
         jobs = make_lifecycle(redis_url, tmp_path, svor_base_url=svor_server,
                               svor_api_key=SVOR_KEY, max_duration_s=30)  # fmt: skip
-        url = f"http://127.0.0.1:{server.server_port}/{long_clip.path.name}"
+        url = files.url(long_clip.path.name)
         spec = JobSpec.model_validate({"engine": "svor", "video_url": url, "targets": {"a": [1]},
                                        "classes": [{"label": "a", "text": "ball"}]})  # fmt: skip
         job, _ = jobs.submit(Submission(tenant="acme", spec=spec))
         assert job.windows == [] and job.input is None
         res = Resources(jobs=jobs)
         outcome = pipeline.run_stage(Stage.compress, job.id, res, generation=job.generation)
-    finally:
-        server.shutdown()
     assert outcome is pipeline.StageOutcome.skipped
     after = jobs.store.require(job.id)
     assert len(after.windows) == 9 and after.generation == job.generation + 1
