@@ -22,6 +22,15 @@ Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 LABEL_PATTERN = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 """A class label, matched whole (``fullmatch``: ``$`` would let a final newline through)."""
 URL_PATTERN = re.compile(r"https?://[^\s/]+(/\S*)?")
+
+
+def http_url(value: str | None) -> str | None:
+    """A URL field's check: http(s), no spaces or line breaks; None passes."""
+    if value is not None and not URL_PATTERN.fullmatch(value):
+        raise ValueError("must be an http:// or https:// URL, without spaces or line breaks")
+    return value
+
+
 WEBHOOK_EVENTS = ("job.succeeded", "job.failed", "job.canceled", "job.progress")
 
 
@@ -175,9 +184,7 @@ class JobSpec(BaseModel):
     @field_validator("webhook_url", "video_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not URL_PATTERN.fullmatch(value):
-            raise ValueError("must be an http:// or https:// URL, without spaces or line breaks")
-        return value
+        return http_url(value)
 
     @field_validator("targets")
     @classmethod

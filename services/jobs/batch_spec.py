@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from services.errors import InvalidSpec
 from services.jobs.spec_json import parse_client_json
-from services.models import URL_PATTERN, JobSpec
+from services.models import JobSpec, http_url
 
 MAX_ITEMS = 10_000
 BATCH_EVENTS = ("batch.completed",)
@@ -60,9 +60,7 @@ class BatchRequest(BaseModel):
     @field_validator("webhook_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not URL_PATTERN.fullmatch(value):
-            raise ValueError("must be an http:// or https:// URL, without spaces or line breaks")
-        return value
+        return http_url(value)
 
     @field_validator("webhook_events")
     @classmethod
